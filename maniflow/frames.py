@@ -1,0 +1,398 @@
+"""Frames store: the episodes of one (env, task), decoded once, in Zarr.
+
+    {work}/frames/{env}/{task}.zarr          (head camera; other cameras: {task}@{camera}.zarr)
+      data/rgb           (N, H, W, 3) uint8   native resolution, one chunk per frame
+      data/state         (N, 14) float64      joint vector of frame t
+      data/action        (N, 14) float64      joint vector of frame t+1 (see below)
+      data/{left,right}_endpose   (N, 7)      [x, y, z, qw, qx, qy, qz]
+      data/{left,right}_gripper   (N,)        1 open, 0 closed
+      data/intrinsic_cv (N, 3, 3), data/extrinsic_cv (N, 3, 4), data/cam2world_gl (N, 4, 4)
+      meta/episode_ends  (E,) int64           cumulative frame counts (ReplayBuffer style)
+      meta/episode_index (E,) int64           source episode numbers (episode{N}.hdf5)
+      attrs: format, complete, task, env, config, camera, source root, per-episode records
+             (file, fingerprint, frames, instructions, synthetic), quarantine, code version
+
+Rows are all T frames of every episode, so later stages can label a path on every frame and
+the oracle can see the end of the motion. RoboTwin's policy pairs are state = vector[t],
+action = vector[t+1], last frame dropped; here the last frame's action repeats its state
+(hold) to keep one row per frame, and `sample_rows` gives the rows that are real pairs.
+
+Extraction is per episode into a part, `{task}.parts/episode{N}.part/` (rgb/ as a Zarr array,
+arrays.npz with the small arrays, record.json), written under a temporary name and renamed
+when complete. The parts are then assembled into the store, which is also renamed into place
+only when complete. A rerun reuses every part whose source file is unchanged; assembly links
+the frame chunk files of the parts instead of copying them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numcodecs
+import numpy as np
+import zarr
+
+from maniflow.robotwin import ARMS, EpisodeArrays, EpisodeError, EpisodeRef, RoboTwinEpisode, \
+    discover_episodes, read_instructions
+from maniflow.storage import code_version, remove_stale_temps, replace_dir, temp_sibling, write_json
+
+FORMAT = "maniflow.frames"
+FORMAT_VERSION = 1
+# Blosc-zstd level 1: measured on decoded JPEG frames (benchmarks/bench_extract.py), level 3
+# saves ~13% of bytes for ~3x the encoding time; shuffle does nothing for uint8.
+RGB_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.NOSHUFFLE)
+SMALL_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
+DECODE_BATCH = 32  # frames decoded at a time: bounds memory whatever the episode length
+SMALL_ARRAYS = ("state", "action", "left_endpose", "right_endpose", "left_gripper", "right_gripper",
+                "intrinsic_cv", "extrinsic_cv", "cam2world_gl")
+
+
+class IncompleteStoreError(Exception):
+    """A store that is missing, of another kind, or was not finished."""
+
+
+def frames_store_path(work, env: str, task: str, camera: str = "head") -> Path:
+    name = task if camera == "head" else f"{task}@{camera}"
+    return Path(work) / "frames" / env / f"{name}.zarr"
+
+
+def parts_dir(store_path: Path) -> Path:
+    return Path(store_path).with_suffix(".parts")
+
+
+def part_path(store_path: Path, index: int) -> Path:
+    return parts_dir(store_path) / f"episode{index}.part"
+
+
+def quarantine_path(store_path: Path, index: int) -> Path:
+    return parts_dir(store_path) / f"episode{index}.quarantine.json"
+
+
+def sample_rows(episode_ends: np.ndarray) -> np.ndarray:
+    """Row indices that are (state, action) pairs: every frame but each episode's last."""
+    ends = np.asarray(episode_ends, dtype=np.int64)
+    keep = np.ones(int(ends[-1]) if len(ends) else 0, dtype=bool)
+    keep[ends - 1] = False
+    return np.flatnonzero(keep)
+
+
+# -- one episode -------------------------------------------------------------------------------
+
+def _small_arrays(arrays: EpisodeArrays) -> dict[str, np.ndarray]:
+    vector = arrays.vector
+    return {
+        "state": vector,
+        "action": np.concatenate([vector[1:], vector[-1:]]),  # last frame holds
+        **{f"{a}_endpose": arrays.endpose[a] for a in ARMS},
+        **{f"{a}_gripper": arrays.gripper[a] for a in ARMS},
+        "intrinsic_cv": arrays.camera.intrinsic_cv, "extrinsic_cv": arrays.camera.extrinsic_cv,
+        "cam2world_gl": arrays.camera.cam2world_gl,
+    }
+
+
+def _whole(values: np.ndarray) -> tuple:
+    """One chunk for a small array (zarr needs chunk sizes >= 1)."""
+    return tuple(max(1, n) for n in values.shape)
+
+
+def extract_episode(ref: EpisodeRef, destination: Path, camera: str = "head") -> dict:
+    """Decode one episode into a part at `destination`; return its record.
+
+    Raises EpisodeError (file, key, frame) for bad input; nothing is left at `destination`
+    unless the whole episode was written.
+    """
+    tmp = temp_sibling(destination)
+    try:
+        with RoboTwinEpisode(ref.path) as ep:
+            arrays = ep.validate(camera)
+            t = arrays.num_frames
+            tmp.mkdir(parents=True)
+            rgb = None
+            for start in range(0, t, DECODE_BATCH):
+                frames = ep.rgb(camera, start, min(start + DECODE_BATCH, t))
+                if rgb is None:
+                    rgb = zarr.create_array(tmp / "rgb", shape=(t, *frames.shape[1:]),
+                                            chunks=(1, *frames.shape[1:]), dtype=np.uint8,
+                                            compressors=RGB_COMPRESSOR, zarr_format=2)
+                elif frames.shape[1:] != rgb.shape[1:]:
+                    raise EpisodeError(ref.path, "bad_frame", f"frame size {frames.shape[1:]} differs "
+                                       f"from frame 0's {rgb.shape[1:]}", f"observation/{camera}_camera/rgb",
+                                       start)
+                rgb[start:start + len(frames)] = frames
+            np.savez(tmp / "arrays.npz", **_small_arrays(arrays))
+            instructions = read_instructions(ref)
+            record = {
+                "episode": ref.index, "file": str(ref.path), "fingerprint": ref.fingerprint(),
+                "frames": t, "height": int(rgb.shape[1]), "width": int(rgb.shape[2]),
+                "camera": camera, "format_version": FORMAT_VERSION,
+                "instructions": {"seen": instructions.seen, "unseen": instructions.unseen},
+                "synthetic": bool(ep.attrs.get("synthetic", False)),
+            }
+            (tmp / "record.json").write_text(json.dumps(record))
+        replace_dir(tmp, destination)
+        return record
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        return json.loads((path / "record.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _part_arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path / "arrays.npz", allow_pickle=False) as npz:
+        return {name: npz[name] for name in SMALL_ARRAYS}
+
+
+def process_episode(ref: EpisodeRef, store_path: Path, camera: str = "head",
+                    retry_quarantined: bool = False) -> dict:
+    """The unit of work a worker runs: reuse, extract or quarantine one episode.
+
+    Returns {"status": "reused" | "extracted" | "quarantined", "episode": N, ...}. Bad input
+    never raises: its error is written to the quarantine record and returned.
+    """
+    fingerprint = ref.fingerprint()
+    part = part_path(store_path, ref.index)
+    record = _read_record(part) if part.exists() else None
+    if record and record.get("fingerprint") == fingerprint and record.get("camera") == camera \
+            and record.get("format_version") == FORMAT_VERSION:
+        return {"status": "reused", "episode": ref.index, "frames": record["frames"]}
+    qpath = quarantine_path(store_path, ref.index)
+    if qpath.exists() and not retry_quarantined:
+        previous = json.loads(qpath.read_text())
+        if previous.get("fingerprint") == fingerprint and previous.get("camera") == camera:
+            return {"status": "quarantined", "episode": ref.index, "error": previous["error"]}
+    parts_dir(store_path).mkdir(parents=True, exist_ok=True)
+    try:
+        record = extract_episode(ref, part, camera)
+    except EpisodeError as e:
+        shutil.rmtree(part, ignore_errors=True)  # an older part of a now-broken file is stale
+        write_json(qpath, {"fingerprint": fingerprint, "camera": camera, "error": e.to_record()})
+        return {"status": "quarantined", "episode": ref.index, "error": e.to_record()}
+    qpath.unlink(missing_ok=True)
+    return {"status": "extracted", "episode": ref.index, "frames": record["frames"]}
+
+
+# -- assembly ----------------------------------------------------------------------------------
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # other filesystem, or links not supported
+        shutil.copyfile(src, dst)
+
+
+def _chunk_files_compatible(part_rgb: Path, store_rgb: Path) -> bool:
+    """Chunk files can be linked only if both arrays encode frames identically."""
+    a, b = (json.loads((p / ".zarray").read_text()) for p in (part_rgb, store_rgb))
+    a.pop("shape"), b.pop("shape")
+    return a == b
+
+
+def assemble_frames_store(store_path: Path, refs: list[EpisodeRef], env: str, config: str,
+                          camera: str = "head", link: bool = True) -> dict:
+    """Build the store from the parts of `refs` (those without a good part are quarantined)."""
+    store_path = Path(store_path)
+    records, quarantine = [], []
+    for ref in sorted(refs, key=lambda r: r.index):
+        record = _read_record(part_path(store_path, ref.index))
+        if record is None:
+            q = quarantine_path(store_path, ref.index)
+            error = json.loads(q.read_text())["error"] if q.exists() else \
+                {"file": str(ref.path), "kind": "missing", "message": "not extracted"}
+            quarantine.append({"episode": ref.index, **error})
+            continue
+        if records and (record["height"], record["width"]) != (records[0]["height"], records[0]["width"]):
+            quarantine.append({"episode": ref.index, "file": record["file"], "kind": "shape_mismatch",
+                               "key": f"observation/{camera}_camera/rgb", "frame": 0,
+                               "message": f"{record['width']}x{record['height']} frames, but episode "
+                                          f"{records[0]['episode']} has {records[0]['width']}x{records[0]['height']}"})
+            continue
+        records.append(record)
+
+    tmp = temp_sibling(store_path)
+    try:
+        root = zarr.open_group(tmp, mode="w", zarr_format=2)
+        lengths = np.array([r["frames"] for r in records], dtype=np.int64)
+        total = int(lengths.sum())
+        parts = [_part_arrays(part_path(store_path, r["episode"])) for r in records]
+        for name in SMALL_ARRAYS:
+            values = np.concatenate([p[name] for p in parts]) if parts else np.zeros((0,))
+            root.create_array(f"data/{name}", data=values, chunks=_whole(values),
+                              compressors=SMALL_COMPRESSOR)
+        if records:
+            h, w = records[0]["height"], records[0]["width"]
+            rgb = root.create_array("data/rgb", shape=(total, h, w, 3), chunks=(1, h, w, 3),
+                                    dtype=np.uint8, compressors=RGB_COMPRESSOR)
+            offset = 0
+            for record in records:
+                src_dir = part_path(store_path, record["episode"]) / "rgb"
+                if link and _chunk_files_compatible(src_dir, tmp / "data" / "rgb"):
+                    for i in range(record["frames"]):
+                        src = src_dir / f"{i}.0.0.0"
+                        if src.exists():  # all-zero frames are not stored (fill value)
+                            _link_or_copy(src, tmp / "data" / "rgb" / f"{offset + i}.0.0.0")
+                else:
+                    rgb[offset:offset + record["frames"]] = zarr.open_array(src_dir, mode="r")[:]
+                offset += record["frames"]
+        ends = np.cumsum(lengths)
+        index = np.array([r["episode"] for r in records], np.int64)
+        root.create_array("meta/episode_ends", data=ends, chunks=_whole(ends))
+        root.create_array("meta/episode_index", data=index, chunks=_whole(index))
+        root.attrs.update({
+            "format": FORMAT, "format_version": FORMAT_VERSION, "env": env, "config": config,
+            "task": refs[0].task if refs else None, "camera": camera,
+            "source_root": str(refs[0].root) if refs else None,
+            "synthetic": bool(records) and all(r["synthetic"] for r in records),
+            "state_action": "state[t] = joint vector[t]; action[t] = joint vector[t+1]; the last "
+                            "frame of each episode holds (action = state) and is not a training pair",
+            "episodes": records, "quarantine": quarantine, "code_version": code_version(),
+            "parts_signature": parts_signature(store_path, refs),
+            "complete": True,  # written last: only a finished store carries it
+        })
+        replace_dir(tmp, store_path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {"episodes": len(records), "frames": int(lengths.sum()), "quarantine": quarantine}
+
+
+# -- one task ----------------------------------------------------------------------------------
+
+@dataclass
+class ExtractReport:
+    store: Path
+    task: str
+    env: str
+    statuses: list[dict] = field(default_factory=list)
+    frames: int = 0
+    assembled: bool = False
+
+    def count(self, status: str) -> int:
+        return sum(s["status"] == status for s in self.statuses)
+
+    @property
+    def quarantined(self) -> list[dict]:
+        return [s for s in self.statuses if s["status"] == "quarantined"]
+
+    def summary(self) -> str:
+        text = (f"{self.env}/{self.task}: {len(self.statuses)} episodes "
+                f"({self.count('extracted')} extracted, {self.count('reused')} reused, "
+                f"{self.count('quarantined')} quarantined), {self.frames} frames -> {self.store}"
+                f"{'' if self.assembled else ' (up to date)'}")
+        for q in self.quarantined:
+            e = q["error"]
+            text += f"\n  quarantined episode{q['episode']}: {e['kind']} {e.get('key') or ''}" \
+                    f"{'' if e.get('frame') is None else ' frame ' + str(e['frame'])}: {e['message']}"
+        return text
+
+
+def parts_signature(store_path: Path, refs: list[EpisodeRef]) -> list:
+    """What an assembly is made of: each episode with the fingerprint of its part (or None)."""
+    out = []
+    for ref in sorted(refs, key=lambda r: r.index):
+        record = _read_record(part_path(store_path, ref.index))
+        out.append([ref.index, record["fingerprint"] if record else None])
+    return out
+
+
+def _store_is_current(store_path: Path, refs: list[EpisodeRef], camera: str) -> bool:
+    try:
+        store = FramesStore(store_path)
+    except IncompleteStoreError:
+        return False
+    return store.attrs.get("camera") == camera and \
+        store.attrs.get("parts_signature") == parts_signature(store_path, refs)
+
+
+def extract_task(root, work, env: str, config: str, task: str, camera: str = "head",
+                 workers: int = 1, retry_quarantined: bool = False, executor: Executor | None = None
+                 ) -> ExtractReport:
+    """Extract every episode of `{root}/{task}/{config}` into the frames store of (env, task).
+
+    Episodes run on `executor` if given (e.g. one pool shared by many tasks), else on a pool
+    of `workers` processes, else in this process.
+    """
+    refs = discover_episodes(root, tasks=[task], configs=[config])
+    if not refs:
+        raise FileNotFoundError(f"no episodes under {Path(root) / task / config / 'data'}")
+    store = frames_store_path(work, env, task, camera)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(parts_dir(store))
+    remove_stale_temps(store.parent)
+    report = ExtractReport(store, task, env)
+    args = (refs, [store] * len(refs), [camera] * len(refs), [retry_quarantined] * len(refs))
+    if executor is not None:
+        report.statuses = list(executor.map(process_episode, *args))
+    elif workers > 1 and len(refs) > 1:
+        with worker_pool(min(workers, len(refs))) as pool:
+            report.statuses = list(pool.map(process_episode, *args))
+    else:
+        report.statuses = list(map(process_episode, *args))
+    if not _store_is_current(store, refs, camera):
+        assemble_frames_store(store, refs, env, config, camera)
+        report.assembled = True
+    report.frames = FramesStore(store).num_frames
+    return report
+
+
+def _one_blosc_thread() -> None:
+    numcodecs.blosc.set_nthreads(1)  # the pool already keeps every core busy
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Processes for per-episode work; create one and share it across tasks."""
+    return ProcessPoolExecutor(workers, initializer=_one_blosc_thread)
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+class FramesStore:
+    """Read access to a complete frames store."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            self.root = zarr.open_group(self.path, mode="r")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+            raise IncompleteStoreError(f"{self.path}: no frames store here") from e
+        self.attrs = self.root.attrs.asdict()
+        if self.attrs.get("format") != FORMAT:
+            raise IncompleteStoreError(f"{self.path}: not a {FORMAT} store")
+        if self.attrs.get("complete") is not True:
+            raise IncompleteStoreError(f"{self.path}: store was not finished; rerun extraction")
+        self.episode_ends = self.root["meta/episode_ends"][:]
+        self.episode_index = self.root["meta/episode_index"][:]
+
+    @property
+    def episodes(self) -> list[dict]:
+        return self.attrs["episodes"]
+
+    @property
+    def quarantine(self) -> list[dict]:
+        return self.attrs["quarantine"]
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.episode_ends[-1]) if len(self.episode_ends) else 0
+
+    def episode_slice(self, i: int) -> slice:
+        """Rows of the i-th stored episode (not the source episode number)."""
+        start = int(self.episode_ends[i - 1]) if i > 0 else 0
+        return slice(start, int(self.episode_ends[i]))
+
+    def rgb(self, i: int) -> np.ndarray:
+        return self.root["data/rgb"][self.episode_slice(i)]
+
+    def array(self, name: str, i: int | None = None) -> np.ndarray:
+        arr = self.root[f"data/{name}"]
+        return arr[:] if i is None else arr[self.episode_slice(i)]

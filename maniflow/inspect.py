@@ -1,0 +1,162 @@
+"""Human-readable summaries of anything the project reads or writes (`maniflow inspect`)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from maniflow.frames import FORMAT as FRAMES_FORMAT
+from maniflow.robotwin import ARMS, EpisodeError, EpisodeRef, RoboTwinEpisode, discover_episodes, \
+    read_instructions
+
+
+def describe(path) -> str:
+    """Summary of an episode file, a RoboTwin data root, a frames store or any Zarr store."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(path)
+    if path.suffix in (".hdf5", ".h5"):
+        return describe_episode(path)
+    if path.is_dir() and ((path / ".zgroup").exists() or (path / "zarr.json").exists()):
+        return describe_zarr(path)
+    if path.is_dir():
+        return describe_root(path)
+    raise ValueError(f"don't know how to inspect {path}")
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def _gripper_events(g: np.ndarray) -> str:
+    closed = g < 0.5
+    changes = np.flatnonzero(closed[1:] != closed[:-1]) + 1
+    if not len(changes):
+        return "closed throughout" if closed[0] else "open throughout"
+    return ", ".join(f"{'close' if closed[i] else 'open'}@{i}" for i in changes)
+
+
+def describe_episode(path: Path) -> str:
+    lines = [f"RoboTwin 2.0 episode {path}"]
+    with RoboTwinEpisode(path) as ep:
+        attrs = ep.attrs
+        if attrs.get("synthetic"):
+            lines.append(f"  SYNTHETIC ({attrs.get('generator')}, seed {attrs.get('seed')})")
+        for camera in ep.cameras:
+            try:
+                t = ep.num_frames(camera)
+                frame = ep.rgb(camera, 0, 1)[0]
+                k = ep.camera_matrices(camera).intrinsic_cv[0]
+                fovy = 2 * np.degrees(np.arctan(frame.shape[0] / 2 / k[1, 1]))
+                lines.append(f"  camera {camera}: {t} frames {frame.shape[1]}x{frame.shape[0]}, "
+                             f"fx {k[0, 0]:.1f} fy {k[1, 1]:.1f} cx {k[0, 2]:.1f} cy {k[1, 2]:.1f} "
+                             f"(fovy {fovy:.1f} deg)")
+            except EpisodeError as e:
+                lines.append(f"  camera {camera}: BAD: {e}")
+        try:
+            arrays = ep.validate(ep.cameras[0] if "head" not in ep.cameras else "head")
+            lines.append(f"  valid: {arrays.num_frames} frames, all arrays consistent and finite")
+            for arm in ARMS:
+                pos = arrays.endpose[arm][:, :3]
+                travel = np.linalg.norm(np.diff(pos, axis=0), axis=1).sum()
+                lines.append(f"  {arm} arm: end-effector travel {travel:.3f} m, gripper "
+                             f"{_gripper_events(arrays.gripper[arm])}")
+            v = arrays.vector
+            lines.append(f"  joint vector (T, 14): min {np.round(v.min(0), 2).tolist()}")
+            lines.append(f"                        max {np.round(v.max(0), 2).tolist()}")
+        except EpisodeError as e:
+            lines.append(f"  INVALID: {e}")
+    ref = _ref_from_path(path)
+    if ref:
+        instructions = read_instructions(ref)
+        lines.append(f"  task {ref.task}, config {ref.config}, episode {ref.index}; "
+                     f"{len(instructions.seen)} seen / {len(instructions.unseen)} unseen instructions")
+        if instructions.default:
+            lines.append(f"  instruction: \"{instructions.default}\"")
+    return "\n".join(lines)
+
+
+def _ref_from_path(path: Path) -> EpisodeRef | None:
+    try:
+        data = path.parent
+        config_dir = data.parent
+        index = int(path.stem.removeprefix("episode"))
+        return EpisodeRef(config_dir.parent.parent, config_dir.parent.name, config_dir.name, index)
+    except ValueError:
+        return None
+
+
+def describe_root(root: Path) -> str:
+    refs = discover_episodes(root)
+    if not refs:
+        return f"{root}: no RoboTwin episodes ({{task}}/{{config}}/data/episode{{N}}.hdf5) found"
+    counts = Counter((r.task, r.config) for r in refs)
+    size = sum(r.path.stat().st_size for r in refs)
+    lines = [f"RoboTwin data root {root}: {len(refs)} episodes, {_fmt_bytes(size)}"]
+    for (task, config), n in sorted(counts.items()):
+        info = Path(root) / task / config / "scene_info.json"
+        synthetic = ""
+        if info.exists():
+            first = next(iter(json.loads(info.read_text()).values()), {})
+            synthetic = " (synthetic)" if isinstance(first, dict) and first.get("synthetic") else ""
+        lines.append(f"  {task}/{config}: {n} episodes{synthetic}")
+    return "\n".join(lines)
+
+
+def _disk_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def describe_zarr(path: Path) -> str:
+    root = zarr.open_group(path, mode="r")
+    attrs = root.attrs.asdict()
+    disk = _disk_bytes(path)
+    kind = attrs.get("format", "zarr store")
+    lines = [f"{kind} {path} ({_fmt_bytes(disk)} on disk)"]
+    if attrs.get("format") == FRAMES_FORMAT:
+        lines.append(f"  task {attrs.get('task')}, env {attrs.get('env')} (config {attrs.get('config')}), "
+                     f"camera {attrs.get('camera')}, source {attrs.get('source_root')}")
+        if not attrs.get("complete"):
+            lines.append("  INCOMPLETE: extraction did not finish; readers refuse this store")
+        if attrs.get("synthetic"):
+            lines.append("  SYNTHETIC episodes (maniflow generator), not recorded in RoboTwin")
+        code = attrs.get("code_version", {})
+        lines.append(f"  written by maniflow {code.get('maniflow')} (git {code.get('git')})")
+    for name, arr in sorted(_arrays(root)):
+        extra = ""
+        if arr.ndim >= 1 and arr.shape[0] and arr.dtype.kind in "fiu" and np.prod(arr.shape) <= 2_000_000:
+            values = arr[:]
+            extra = f"  range [{values.min():.4g}, {values.max():.4g}]"
+        comp = ",".join(type(c).__name__ if not hasattr(c, "cname") else f"{c.cname}-{c.clevel}"
+                        for c in (arr.compressors or ()))
+        lines.append(f"  {name:24s} {str(arr.shape):22s} {str(arr.dtype):8s} chunks {arr.chunks} "
+                     f"{comp or 'raw'}{extra}")
+    if "meta/episode_ends" in root:
+        ends = root["meta/episode_ends"][:]
+        lengths = np.diff(np.concatenate([[0], ends]))
+        if len(lengths):
+            frames = int(ends[-1])
+            lines.append(f"  {len(ends)} episodes, {frames} frames (length min {lengths.min()}, "
+                         f"mean {lengths.mean():.1f}, max {lengths.max()}); "
+                         f"{_fmt_bytes(disk / max(frames, 1))} per frame on disk")
+        else:
+            lines.append("  0 episodes")
+    for q in attrs.get("quarantine", []):
+        where = (q.get("key") or "") + ("" if q.get("frame") is None else f" frame {q['frame']}")
+        lines.append(f"  QUARANTINED episode{q['episode']}: {q.get('kind')} {where}: {q.get('message')}")
+    return "\n".join(lines)
+
+
+def _arrays(group, prefix=""):
+    for name, arr in group.arrays():
+        yield prefix + name, arr
+    for name, sub in group.groups():
+        yield from _arrays(sub, prefix + name + "/")
