@@ -106,6 +106,7 @@ def extract_episode(ref: EpisodeRef, destination: Path, camera: str = "head") ->
     Raises EpisodeError (file, key, frame) for bad input; nothing is left at `destination`
     unless the whole episode was written.
     """
+    fingerprint = ref.fingerprint()  # before reading: a file rewritten meanwhile looks changed
     tmp = temp_sibling(destination)
     try:
         with RoboTwinEpisode(ref.path) as ep:
@@ -127,7 +128,7 @@ def extract_episode(ref: EpisodeRef, destination: Path, camera: str = "head") ->
             np.savez(tmp / "arrays.npz", **_small_arrays(arrays))
             instructions = read_instructions(ref)
             record = {
-                "episode": ref.index, "file": str(ref.path), "fingerprint": ref.fingerprint(),
+                "episode": ref.index, "file": str(ref.path), "fingerprint": fingerprint,
                 "frames": t, "height": int(rgb.shape[1]), "width": int(rgb.shape[2]),
                 "camera": camera, "format_version": FORMAT_VERSION,
                 "instructions": {"seen": instructions.seen, "unseen": instructions.unseen},

@@ -245,6 +245,54 @@ def sample_distractors(layout: TaskLayout, rng: np.random.Generator, count: int)
     return out
 
 
+def _object_poses(objects, active: Timeline, ee_rot: np.ndarray, length: int):
+    """Per-frame rotations and positions of every object: still, or rigidly following the
+    end effector from its grasp to its release (then staying where it was let go)."""
+    obj_r = {o.name: np.repeat(o.rotation[None], length, 0) for o in objects}
+    obj_t = {o.name: np.repeat(o.position[None], length, 0) for o in objects}
+    for name in {h for h in active.held if h}:
+        held = np.flatnonzero([h == name for h in active.held])  # one contiguous grasp
+        f0, f1 = held[0], held[-1]
+        rel_r = ee_rot[f0].T @ obj_r[name][f0]
+        rel_t = ee_rot[f0].T @ (obj_t[name][f0] - active.position[f0])
+        obj_r[name][held] = ee_rot[held] @ rel_r
+        obj_t[name][held] = np.einsum("tij,j->ti", ee_rot[held], rel_t) + active.position[held]
+        obj_r[name][f1 + 1:], obj_t[name][f1 + 1:] = obj_r[name][f1], obj_t[name][f1]
+    return obj_r, obj_t
+
+
+def _build_scene(objects, num_task_objects: int):
+    """Renderer parts: every object's parts, then both arms. Returns the scene and, for the
+    object parts, their (object, part) owners in the same order."""
+    specs, owners = [], []
+    for k, obj in enumerate(objects):
+        part_id = OBJECT_ID0 + k if k < num_task_objects else DISTRACTOR_ID0 + k
+        for part in obj.parts:
+            specs.append(PartSpec(part.mesh, part.color, part_id))
+            owners.append((obj, part))
+    for a in ("left", "right"):
+        for name, mesh in zip(armlib.ARM_PART_NAMES, armlib.arm_meshes()):
+            specs.append(PartSpec(mesh, ARM_COLORS[name], ARM_IDS[a].get(name, ARM_LINK_ID[a])))
+    return Scene(specs), owners
+
+
+def _part_poses(i, owners, obj_r, obj_t, active, tracks, ee_rot, objects):
+    """World poses (P, 3, 3), (P, 3) of all scene parts at frame i, in scene order."""
+    rots, trans = [], []
+    for obj, part in owners:
+        r, t = part_pose(obj, part, obj_r[obj.name][i], obj_t[obj.name][i], active.joints[obj.name][i])
+        rots.append(r), trans.append(t)
+    widths = {o.name: o.grasp_width for o in objects}
+    for a in ("left", "right"):
+        track = tracks[a]
+        grasped = track.grasping[i]
+        min_gap = widths[grasped] + armlib.FINGER_SIZE[1] if grasped else 0.0
+        r, t = armlib.arm_part_poses(a, track.position[i], ee_rot[a][i], track.gripper[i], min_gap)
+        rots += r
+        trans += t
+    return np.array(rots), np.array(trans)
+
+
 def simulate_episode(task: str, env: str, index: int, seed: int = 0, cameras=("head",),
                      step_m: float = 0.015, occlusion_prob: float = 0.5) -> SimulatedEpisode:
     """Lay out, move and render one episode. Deterministic in (seed, task, env, index)."""
@@ -277,35 +325,10 @@ def simulate_episode(task: str, env: str, index: int, seed: int = 0, cameras=("h
     active, idle = _pad(active, length), _pad(idle, length)
     tracks = {layout.arm: active, idle_arm: idle}
 
-    # Per-frame world poses of objects (rigid grasps follow the end effector).
     ee_rot = {a: armlib.orientation(t.rpy) for a, t in tracks.items()}
-    obj_r = {o.name: np.repeat(o.rotation[None], length, 0) for o in objects}
-    obj_t = {o.name: np.repeat(o.position[None], length, 0) for o in objects}
-    for name in {h for h in active.held if h}:
-        frames = [i for i, h in enumerate(active.held) if h == name]
-        f0 = frames[0]
-        r_ee, t_ee = ee_rot[layout.arm][f0], active.position[f0]
-        rel_r, rel_t = r_ee.T @ obj_r[name][f0], r_ee.T @ (obj_t[name][f0] - t_ee)
-        for i in range(f0, length):
-            if i in frames:
-                obj_r[name][i] = ee_rot[layout.arm][i] @ rel_r
-                obj_t[name][i] = ee_rot[layout.arm][i] @ rel_t + active.position[i]
-            else:  # released: stays where it was let go
-                obj_r[name][i], obj_t[name][i] = obj_r[name][i - 1], obj_t[name][i - 1]
-
-    # Scene parts: objects, then both arms.
-    specs, owners = [], []
-    for k, obj in enumerate(objects):
-        pid = OBJECT_ID0 + k if k < len(layout.objects) else DISTRACTOR_ID0 + k
-        for part in obj.parts:
-            specs.append(PartSpec(part.mesh, part.color, pid))
-            owners.append((obj, part))
-    for a in ("left", "right"):
-        for name, mesh in zip(armlib.ARM_PART_NAMES, armlib.arm_meshes()):
-            specs.append(PartSpec(mesh, ARM_COLORS[name], ARM_IDS[a].get(name, ARM_LINK_ID[a])))
-    scene = Scene(specs)
+    obj_r, obj_t = _object_poses(objects, active, ee_rot[layout.arm], length)
+    scene, owners = _build_scene(objects, len(layout.objects))
     task_obj_id = OBJECT_ID0 + [o.name for o in layout.objects].index(layout.task_object)
-    task_mask = np.array([s.part_id == task_obj_id for s in specs])
     backgrounds = {c: Background(v, armlib.TABLE_Z, TABLE_RECT, style.table_rgb, style.wall_rgb,
                                  style.lighting, np.random.default_rng(rng.integers(2**32)))
                    for c, v in views.items()}
@@ -313,24 +336,13 @@ def simulate_episode(task: str, env: str, index: int, seed: int = 0, cameras=("h
     rgb = {c: np.zeros((length, HEIGHT, WIDTH, 3), np.uint8) for c in views}
     ids = {c: np.zeros((length, HEIGHT, WIDTH), np.uint8) for c in views}
     visibility = np.zeros(length)
-    held_width = {o.name: o.grasp_width for o in objects}
+    task_mask = scene.ids == task_obj_id
     for i in range(length):
-        rots, trans = [], []
-        for obj, part in owners:
-            joint = active.joints[obj.name][i]
-            r, t = part_pose(obj, part, obj_r[obj.name][i], obj_t[obj.name][i], joint)
-            rots.append(r), trans.append(t)
-        for a in ("left", "right"):
-            tr = tracks[a]
-            grasped = tr.grasping[i]
-            min_gap = held_width[grasped] + armlib.FINGER_SIZE[1] if grasped else 0.0
-            r, t = armlib.arm_part_poses(a, tr.position[i], ee_rot[a][i], tr.gripper[i], min_gap)
-            rots += r
-            trans += t
-        rots, trans = np.array(rots), np.array(trans)
+        rots, trans = _part_poses(i, owners, obj_r, obj_t, active, tracks, ee_rot, objects)
         for c, view in views.items():
             rgb[c][i], ids[c][i] = render(scene, rots, trans, view, backgrounds[c], style.lighting,
                                           armlib.TABLE_Z)
+        # Visible share of the task object: its pixels in the frame / when drawn alone.
         _, alone = render(scene, rots, trans, head, backgrounds["head"], style.lighting, armlib.TABLE_Z,
                           only=task_mask)
         total = np.count_nonzero(alone == task_obj_id)
