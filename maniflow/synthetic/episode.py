@@ -94,10 +94,6 @@ class SimulatedEpisode:
         return len(self.vector)
 
     @property
-    def palm_ids(self) -> dict[str, int]:
-        return {a: ARM_IDS[a]["palm"] for a in armlib.ARM_BASES}
-
-    @property
     def gripper_ids(self) -> dict[str, tuple[int, int]]:
         return {a: (ARM_IDS[a]["palm"], ARM_IDS[a]["finger_a"]) for a in armlib.ARM_BASES}
 
