@@ -178,15 +178,11 @@ def decode_jpeg(buffer, path="?", key="?", frame: int | None = None) -> np.ndarr
     Accepts fixed-length byte strings (numpy `S`), opaque (`V`) and variable-length uint8
     HDF5 elements. cv2 wrote the bytes from an RGB array, so cv2 decodes them back to RGB.
     """
-    try:
-        if isinstance(buffer, np.ndarray):
-            data = buffer.astype(np.uint8, copy=False).ravel()
-        else:
-            data = np.frombuffer(bytes(buffer), dtype=np.uint8)
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    except (TypeError, ValueError, cv2.error) as e:
-        raise EpisodeError(path, "bad_frame", f"frame is not JPEG bytes ({type(buffer).__name__}: {e})",
-                           key, frame) from e
+    if isinstance(buffer, np.ndarray):
+        data = buffer.astype(np.uint8, copy=False).ravel()
+    else:  # bytes, numpy S/V scalars; h5py also returns text elements as bytes
+        data = np.frombuffer(bytes(buffer), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise EpisodeError(path, "bad_frame", f"undecodable JPEG ({data.size} bytes)", key, frame)
     return image

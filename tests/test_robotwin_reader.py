@@ -37,6 +37,21 @@ def test_fixed_and_variable_length_frames_read_the_same(one_episode, tmp_path):
     assert frames["fixed"].shape == (one_episode.num_frames, 240, 320, 3)
 
 
+def test_frames_stored_as_text_are_a_located_error(one_episode, tmp_path):
+    """Variable-length *strings* cannot hold JPEG bytes (embedded NULs); a file that has them
+    gets a bad_frame error naming key and frame, not a crash or a wrong image."""
+    write_episode(tmp_path / "e.hdf5", one_episode, "demo_clean")
+    with h5py.File(tmp_path / "e.hdf5", "r+") as f:
+        t = len(f[KEYS.rgb("head")])
+        del f[KEYS.rgb("head")]
+        f.create_dataset(KEYS.rgb("head"), data=["frame %d" % i for i in range(t)],
+                         dtype=h5py.string_dtype())
+    with RoboTwinEpisode(tmp_path / "e.hdf5") as ep, pytest.raises(EpisodeError) as err:
+        ep.rgb("head")
+    assert (err.value.kind, err.value.key, err.value.frame) == ("bad_frame", KEYS.rgb("head"), 0)
+    assert err.value.message == "undecodable JPEG (7 bytes)"  # "frame 0"
+
+
 def test_partial_frame_ranges(one_episode, tmp_path):
     write_episode(tmp_path / "e.hdf5", one_episode, "demo_clean")
     with RoboTwinEpisode(tmp_path / "e.hdf5") as ep:

@@ -272,13 +272,13 @@ def _build_scene(objects, num_task_objects: int):
     return Scene(specs), owners
 
 
-def _part_poses(i, owners, obj_r, obj_t, active, tracks, ee_rot, objects):
-    """World poses (P, 3, 3), (P, 3) of all scene parts at frame i, in scene order."""
+def _part_poses(i, owners, obj_r, obj_t, active, tracks, ee_rot, widths):
+    """World poses (P, 3, 3), (P, 3) of all scene parts at frame i, in scene order.
+    `widths`: object name -> grasp width, so fingers stop at a held object."""
     rots, trans = [], []
     for obj, part in owners:
         r, t = part_pose(obj, part, obj_r[obj.name][i], obj_t[obj.name][i], active.joints[obj.name][i])
         rots.append(r), trans.append(t)
-    widths = {o.name: o.grasp_width for o in objects}
     for a in ("left", "right"):
         track = tracks[a]
         grasped = track.grasping[i]
@@ -333,8 +333,9 @@ def simulate_episode(task: str, env: str, index: int, seed: int = 0, cameras=("h
     ids = {c: np.zeros((length, HEIGHT, WIDTH), np.uint8) for c in views}
     visibility = np.zeros(length)
     task_mask = scene.ids == task_obj_id
+    widths = {o.name: o.grasp_width for o in objects}
     for i in range(length):
-        rots, trans = _part_poses(i, owners, obj_r, obj_t, active, tracks, ee_rot, objects)
+        rots, trans = _part_poses(i, owners, obj_r, obj_t, active, tracks, ee_rot, widths)
         for c, view in views.items():
             rgb[c][i], ids[c][i] = render(scene, rots, trans, view, backgrounds[c], style.lighting,
                                           armlib.TABLE_Z)
