@@ -17,7 +17,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_CLI_PROMPT := false
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo demo-vlm-paths test bench clean
 
 setup: $(STAMP)
 
@@ -30,12 +30,27 @@ demo: $(STAMP)
 	$(BIN)/maniflow generate --out $(DATA) --episodes $(EPISODES) --seed $(SEED) --workers 2
 	$(BIN)/maniflow extract --root $(DATA) --work $(WORK) --workers 2
 	$(BIN)/maniflow inspect $(WORK)/frames/cluttered/beat_block_hammer.zarr
+	$(BIN)/maniflow paths --provider oracle --work $(WORK)
+	$(MAKE) --no-print-directory demo-vlm-paths
+	$(BIN)/maniflow inspect $(WORK)/paths/hamster/cluttered/open_microwave
+
+# Path labelling over real HTTP: four loopback servers speaking the HAMSTER protocol (answers
+# from the oracle, VLM_LATENCY seconds each, one request at a time), as four GPUs would serve.
+VLM_LATENCY ?= 0
+demo-vlm-paths: $(STAMP)
+	@ready=$(WORK)/.serve-paths.json; rm -f $$ready; \
+	$(BIN)/maniflow serve-paths --work $(WORK) --ports 0,0,0,0 --latency $(VLM_LATENCY) --ready-file $$ready & \
+	pid=$$!; trap "kill $$pid 2>/dev/null" EXIT; \
+	while [ ! -f $$ready ]; do kill -0 $$pid 2>/dev/null || exit 1; sleep 0.2; done; \
+	endpoints=$$($(BIN)/python -c "import json,sys; print(','.join(json.load(open(sys.argv[1]))['urls']))" $$ready); \
+	$(BIN)/maniflow paths --provider hamster --work $(WORK) --endpoints $$endpoints
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py
+	$(BIN)/python benchmarks/bench_paths.py
 
 clean:
 	rm -rf $(DATA) $(WORK) .prefect

@@ -2,6 +2,9 @@
 
     maniflow generate   write the embedded synthetic RoboTwin 2.0 episodes
     maniflow extract    episodes of (env, task) -> frames store (decoded once, Zarr)
+    maniflow paths        label every frame with a path (VLM server or oracle), resumably
+    maniflow serve-paths  loopback VLM server speaking the HAMSTER / PEEK / OpenAI protocol
+    maniflow import-paths bring existing HAMSTER output directories into the path store
     maniflow inspect    summary of an episode file, a data root or any store the project writes
 """
 
@@ -9,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -83,6 +88,119 @@ def cmd_extract(args) -> int:
     return status
 
 
+def parse_endpoints(text: str) -> tuple[str, ...]:
+    """Comma-separated base URLs; a port range expands: http://host:8000-8003 -> four URLs."""
+    urls = []
+    for item in _csv(text):
+        m = re.fullmatch(r"(.*:)(\d+)-(\d+)(/.*)?", item)
+        if m:
+            urls += [f"{m[1]}{port}{m[4] or ''}" for port in range(int(m[2]), int(m[3]) + 1)]
+        else:
+            urls.append(item)
+    return tuple(urls)
+
+
+def _parse_ports(text: str) -> list[int]:
+    ports = []
+    for item in _csv(text):
+        lo, _, hi = item.partition("-")
+        ports += list(range(int(lo), int(hi or lo) + 1))
+    return ports
+
+
+class _Progress:
+    """One self-updating line on stderr (a plain line per call when stderr is not a terminal)."""
+
+    def __init__(self, label: str):
+        self.label, self.start, self.last = label, time.perf_counter(), 0.0
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done < total and now - self.last < (0.2 if self.tty else 10.0):
+            return
+        self.last = now
+        width = 30
+        filled = int(width * done / total) if total else width
+        rate = done / (now - self.start) if now > self.start else 0.0
+        line = f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:.1f}/s"
+        print(("\r" + line) if self.tty else line, end="\n" if (done >= total or not self.tty) else "",
+              file=sys.stderr, flush=True)
+
+
+def _frames_stores(work, envs, tasks, camera: str) -> list[tuple[str, str]]:
+    found = []
+    for env in envs or ENVS:
+        for path in sorted((Path(work) / "frames" / env).glob("*.zarr")):
+            name = path.name[:-len(".zarr")]
+            task, _, cam = name.partition("@")
+            if (cam or "head") == camera and (not tasks or task in tasks):
+                found.append((env, task))
+    return found
+
+
+def cmd_paths(args) -> int:
+    from maniflow.paths.client import ClientConfig, NoEndpointAvailable
+    from maniflow.paths.label import ProviderConfig, label_paths
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    provider = ProviderConfig(kind=args.provider, model=args.model, max_tokens=args.max_tokens,
+                              jpeg_quality=args.jpeg_quality, oracle_points=args.points, label=args.label)
+    client = None
+    if args.provider != "oracle":
+        client = ClientConfig(endpoints=args.endpoints, in_flight=args.in_flight, timeout_s=args.timeout,
+                              max_attempts=args.attempts, give_up_after_s=args.give_up,
+                              probe_after_s=args.probe_after, api_key_env=args.api_key_env)
+    pairs = _frames_stores(args.work, args.envs, args.tasks, args.camera)
+    if not pairs:
+        print(f"no frames stores under {Path(args.work) / 'frames'} for these envs/tasks; run maniflow extract",
+              file=sys.stderr)
+        return 1
+    status = 0
+    for env, task in pairs:
+        try:
+            report = label_paths(args.work, env, task, provider, client, camera=args.camera,
+                                 fallback=args.fallback, episodes=args.episodes,
+                                 progress=_Progress(f"{env}/{task}"))
+        except NoEndpointAvailable as e:
+            print(f"maniflow paths: {e}", file=sys.stderr)
+            return 4
+        print(report.summary())
+        if report.total.get("error") or report.total.get("failed"):
+            status = 3
+    return status
+
+
+def cmd_serve_paths(args) -> int:
+    from maniflow.paths.server import Faults, serve_paths
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    faults = Faults(latency_s=args.latency, jitter_s=args.jitter, error_rate=args.error_rate,
+                    timeout_rate=args.timeout_rate, hang_s=args.hang, malformed_rate=args.malformed_rate,
+                    seed=args.seed)
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise ValueError(f"API key variable {args.api_key_env} is not set")
+    serve_paths(args.work, _parse_ports(args.ports), args.host, faults, args.models, args.ready_file, api_key)
+    return 0
+
+
+def cmd_import_paths(args) -> int:
+    from maniflow.paths.legacy import import_hamster_dir
+
+    tasks = args.tasks or sorted(p.name for p in Path(args.src).iterdir() if p.is_dir())
+    for task in tasks:
+        counts = import_hamster_dir(args.src, args.work, args.env, task, label=args.label, model=args.model,
+                                    camera=args.camera)
+        raw = sum(c["raw"] for c in counts.values())
+        pkl = sum(c["pickle"] for c in counts.values())
+        print(f"{args.env}/{task}: {len(counts)} episodes, {raw} raw answers and {pkl} pickled paths imported "
+              f"into label {args.label}")
+    return 0
+
+
 def cmd_inspect(args) -> int:
     from maniflow.inspect import describe
 
@@ -138,6 +256,83 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_names(p)
     p.set_defaults(func=cmd_extract)
 
+    p = sub.add_parser("paths", help="label every frame with a path, resumably",
+                       description="For each (env, task) frames store under --work: ask the provider for a "
+                       "path on every frame not answered yet and write {work}/paths/{label}/{env}/{task}/. "
+                       "VLM providers spread the frames over all endpoints (each with --in-flight "
+                       "requests at a time), retry failures elsewhere and take failing endpoints out of "
+                       "rotation. Exit status 3 if frames failed to parse or got no answer (they have a "
+                       "fallback path and are listed in summary.json), 4 if no endpoint answered.")
+    p.add_argument("--provider", choices=("hamster", "peek", "openai", "oracle"), default="hamster",
+                   help="hamster/peek: a VILA server (POST {endpoint}/chat/completions); openai: any "
+                   "OpenAI-compatible server, endpoint ending in /v1; oracle: the ground truth (default hamster)")
+    p.add_argument("--endpoints", type=parse_endpoints,
+                   default=parse_endpoints(os.environ.get("MANIFLOW_VLM_ENDPOINTS", "http://127.0.0.1:8000")),
+                   help="comma-separated base URLs; ports may be a range: http://127.0.0.1:8000-8003 "
+                   "(default $MANIFLOW_VLM_ENDPOINTS or %(default)s)")
+    p.add_argument("--work", default=DEFAULT_WORK, help="work root with frames/ (default %(default)s)")
+    p.add_argument("--envs", type=_csv, default=None, help="comma-separated: clean,cluttered (default: all found)")
+    p.add_argument("--tasks", type=_csv, default=None, help="comma-separated task names (default: all found)")
+    p.add_argument("--episodes", type=lambda t: [int(x) for x in _csv(t)], default=None,
+                   help="comma-separated episode numbers (default all)")
+    p.add_argument("--camera", default="head", choices=CAMERAS, help="camera (default head)")
+    p.add_argument("--label", default=None, help="path store name (default: the provider); give "
+                   "a new one for another model or settings")
+    p.add_argument("--model", default="HAMSTER_dev", help="model name sent to the server (default %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=512, help="answer length limit (default %(default)s)")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of sent frames (default %(default)s)")
+    p.add_argument("--points", type=int, default=10, help="oracle: points per path (default %(default)s)")
+    p.add_argument("--fallback", choices=("nearest", "previous", "none"), default="nearest",
+                   help="path for frames without a usable answer (default %(default)s)")
+    p.add_argument("--in-flight", type=int, default=1, help="requests at a time per endpoint (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default %(default)s)")
+    p.add_argument("--attempts", type=int, default=5, help="tries per frame (default %(default)s)")
+    p.add_argument("--probe-after", type=float, default=2.0,
+                   help="seconds before an endpoint taken out of rotation is tried again; doubles "
+                   "while it keeps failing (default %(default)s)")
+    p.add_argument("--give-up", type=float, default=60.0,
+                   help="stop when no endpoint answered for this many seconds (default %(default)s)")
+    p.add_argument("--api-key-env", default=None,
+                   help="environment variable holding a bearer token for the server (never logged)")
+    p.set_defaults(func=cmd_paths)
+
+    p = sub.add_parser("serve-paths", help="loopback path server (HAMSTER/PEEK/OpenAI protocol, oracle answers)",
+                       description="Serve POST /chat/completions (HAMSTER: list content) and "
+                       "/v1/chat/completions (OpenAI: string content) on each port, one request at a "
+                       "time per port, answering with the oracle path of the frame the image shows "
+                       "(found among the frames stores under --work). Faults can be injected.")
+    p.add_argument("--work", default=DEFAULT_WORK, help="work root with frames/ (default %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    p.add_argument("--ports", default="8000", help="ports, e.g. 8000-8003 or 8000,8001; 0 = any free "
+                   "port (default %(default)s)")
+    p.add_argument("--latency", type=float, default=0.0, help="seconds per request (default %(default)s)")
+    p.add_argument("--jitter", type=float, default=0.0, help="extra uniform random latency, seconds")
+    p.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered HTTP 500")
+    p.add_argument("--timeout-rate", type=float, default=0.0, help="share of requests that hang --hang seconds")
+    p.add_argument("--hang", type=float, default=30.0, help="seconds a hanging request waits (default %(default)s)")
+    p.add_argument("--malformed-rate", type=float, default=0.0, help="share of answers broken like real ones")
+    p.add_argument("--models", type=_csv, default=(), help="accepted model names (default: any)")
+    p.add_argument("--seed", type=int, default=0, help="fault injection seed (default %(default)s)")
+    p.add_argument("--ready-file", type=Path, default=None, help="write {\"urls\": [...]} here once listening")
+    p.add_argument("--api-key-env", default=None,
+                   help="require Authorization: Bearer $VAR, like vLLM's --api-key (VAR names the variable)")
+    p.set_defaults(func=cmd_serve_paths)
+
+    p = sub.add_parser("import-paths", help="import HAMSTER output directories (pickle-free)",
+                       description="Read {src}/{task}/episode_NN/raw_outputs/*.txt (parsed again by our "
+                       "parser) and paths/*.pkl (through a loader that accepts only lists, tuples, "
+                       "numbers and None and executes nothing) into {work}/paths/{label}/{env}/{task}/. "
+                       "The frames store of (env, task) must exist. A later `maniflow paths` with the "
+                       "same label asks only for the frames still missing.")
+    p.add_argument("src", type=Path, help="directory holding {task}/episode_NN/")
+    p.add_argument("--env", required=True, choices=ENVS, help="environment the episodes belong to")
+    p.add_argument("--tasks", type=_csv, default=None, help="comma-separated tasks (default: all under src)")
+    p.add_argument("--work", default=DEFAULT_WORK, help="work root with frames/ (default %(default)s)")
+    p.add_argument("--label", default="hamster", help="path store name (default %(default)s)")
+    p.add_argument("--model", default="HAMSTER_dev", help="model that made the answers (default %(default)s)")
+    p.add_argument("--camera", default="head", choices=CAMERAS, help="camera (default head)")
+    p.set_defaults(func=cmd_import_paths)
+
     p = sub.add_parser("inspect", help="summarise an episode file, data root or store",
                        description="Print a human summary of a RoboTwin episode (.hdf5), a RoboTwin "
                        "data root, a frames store or any Zarr store (arrays, shapes, chunks, "
@@ -153,9 +348,11 @@ def main(argv=None) -> int:
     if unknown_envs:
         print(f"unknown env(s) {sorted(unknown_envs)}; use clean and/or cluttered", file=sys.stderr)
         return 2
+    from maniflow.frames import IncompleteStoreError
+
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, IncompleteStoreError) as e:
         print(f"maniflow {args.command}: {e}", file=sys.stderr)
         return 2
 

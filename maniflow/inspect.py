@@ -15,12 +15,15 @@ from maniflow.robotwin import ARMS, EpisodeError, EpisodeRef, RoboTwinEpisode, d
 
 
 def describe(path) -> str:
-    """Summary of an episode file, a RoboTwin data root, a frames store or any Zarr store."""
+    """Summary of an episode file, a RoboTwin data root, a frames store, a path store or any
+    Zarr store."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(path)
     if path.suffix in (".hdf5", ".h5"):
         return describe_episode(path)
+    if path.is_dir() and (path / "provider.json").exists():
+        return describe_paths(path)
     if path.is_dir() and ((path / ".zgroup").exists() or (path / "zarr.json").exists()):
         return describe_zarr(path)
     if path.is_dir():
@@ -42,6 +45,29 @@ def _gripper_events(g: np.ndarray) -> str:
     if not len(changes):
         return "closed throughout" if closed[0] else "open throughout"
     return ", ".join(f"{'close' if closed[i] else 'open'}@{i}" for i in changes)
+
+
+def describe_paths(path: Path) -> str:
+    """A path store: provider, outcome counts per episode, the commonest repairs and failures."""
+    provider = json.loads((path / "provider.json").read_text())["identity"]
+    lines = [f"path store {path}", "  provider " + ", ".join(f"{k} {v}" for k, v in provider.items())]
+    summary_file = path / "summary.json"
+    if not summary_file.exists():
+        return "\n".join(lines + ["  no summary yet (labelling has not finished once)"])
+    summary = json.loads(summary_file.read_text())
+    t = summary["total"]
+    lines.append(f"  {len(summary['episodes'])} episodes, {t['frames']} frames: ok {t['ok']}, repaired "
+                 f"{t['repaired']}, failed {t['failed']}, no answer {t['error']}; parsed "
+                 f"{100 * t['parsed_share']:.1f}%; fallback used {t['fallback_used']}, "
+                 f"without path {t['without_path']} (fallback {summary.get('fallback')})")
+    for number, s in sorted(summary["episodes"].items(), key=lambda kv: int(kv[0])):
+        flag = "" if s["parsed_share"] >= 0.9 else "   <- check"
+        lines.append(f"    episode {number}: {s['frames']} frames, parsed {100 * s['parsed_share']:.1f}%"
+                     f" (failed {s['failed']}, no answer {s['error']}){flag}")
+    for title, counts in (("repairs", t["repairs"]), ("failures", t["reasons"])):
+        for name, n in Counter(counts).most_common(5):
+            lines.append(f"  {title[:-1]}: {n} x {name}")
+    return "\n".join(lines)
 
 
 def describe_episode(path: Path) -> str:

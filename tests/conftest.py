@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from maniflow.synthetic import GeneratorConfig, generate_dataset
@@ -31,3 +39,76 @@ def task_copy(small_root, tmp_path):
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def small_work(small_root, tmp_path_factory) -> Path:
+    """Frames stores (head camera) of every (env, task) of small_root. Treat as read-only:
+    tests that write paths use `work_copy`."""
+    from maniflow.frames import extract_task
+    from maniflow.robotwin import DEFAULT_CONFIG_NAMES
+
+    work = tmp_path_factory.mktemp("work")
+    for env, config in DEFAULT_CONFIG_NAMES.items():
+        for task in SMALL.tasks:
+            extract_task(small_root, work, env, config, task, "head")
+    return work
+
+
+@pytest.fixture
+def work_copy(small_work, tmp_path) -> Path:
+    """A private work directory whose frames stores are links to the session's (read-only)."""
+    work = tmp_path / "work"
+    (work / "frames").mkdir(parents=True)
+    for env_dir in (small_work / "frames").iterdir():
+        (work / "frames" / env_dir.name).symlink_to(env_dir)
+    return work
+
+
+MANIFLOW = str(Path(sys.executable).with_name("maniflow"))
+
+
+class PathServer:
+    """`maniflow serve-paths` in its own process, on free loopback ports."""
+
+    def __init__(self, work: Path, ports: int, *args, env=None):
+        self.ready = Path(tempfile.mkdtemp()) / "ready.json"
+        self.proc = subprocess.Popen([MANIFLOW, "serve-paths", "--work", str(work), "--ports",
+                                      ",".join(["0"] * ports), "--ready-file", str(self.ready), *map(str, args)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + 60
+        while not self.ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"serve-paths did not start:\n{self.proc.stdout.read()}")
+            time.sleep(0.05)
+        self.urls = tuple(json.loads(self.ready.read_text())["urls"])
+
+    def stats(self, i: int = 0) -> dict:
+        return httpx.get(f"{self.urls[i]}/stats", timeout=10).json()
+
+    def total(self, key: str) -> int:
+        return sum(self.stats(i)[key] for i in range(len(self.urls)))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.ready.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def path_server():
+    """Factory: path_server(work, ports, *extra_args) -> PathServer, stopped after the test."""
+    servers = []
+
+    def start(work, ports=1, *args, env=None) -> PathServer:
+        servers.append(PathServer(work, ports, *args, env=env))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ def run(*args, check=True):
 
 def test_help_for_every_subcommand():
     top = run("--help").stdout
-    for command in ("generate", "extract", "inspect"):
+    for command in ("generate", "extract", "inspect", "paths", "serve-paths", "import-paths"):
         assert command in top
         text = run(command, "--help").stdout
         assert "usage: maniflow " + command in text and "--" in text

@@ -21,7 +21,6 @@ from maniflow.robotwin import KEYS, RoboTwinEpisode, discover_episodes
 from maniflow.storage import temp_sibling
 from maniflow.synthetic import GeneratorConfig, generate_dataset
 
-from conftest import SMALL
 
 
 def _extract(root, work, task="click_bell", env="clean", config="demo_clean", **kw):

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from maniflow import __version__
-from maniflow.geometry import cam2world_gl_from_extrinsic_cv, euler_to_matrix, intrinsics_from_fovy, \
+from maniflow.geometry import cam2world_gl_from_extrinsic_cv, intrinsics_from_fovy, \
     look_at_extrinsic_cv
 from maniflow.robotwin import DEFAULT_CONFIG_NAMES, ENVS, KEYS, SINGLE_ARM_TASKS
 from maniflow.storage import temp_sibling, write_json

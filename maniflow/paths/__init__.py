@@ -1,0 +1,18 @@
+"""Path labels: a 2D end-effector path for every frame, from a VLM server or the ground truth.
+
+    protocol   prompts, request bodies, reply text, PEEK crop mapping (pure)
+    parse      tolerant HAMSTER / PEEK answer parsing, no eval
+    oracle     ground-truth paths from the episode's own motion
+    client     asynchronous multi-endpoint HTTP client with retries and failover
+    store      the path store (JSON per episode, journaled, atomic) and fallbacks
+    label      label_paths(): one entry point for every provider, resumable
+    legacy     import of existing HAMSTER output directories (restricted pickle loader)
+    server     the loopback server behind `maniflow serve-paths`
+"""
+
+from maniflow.paths.client import ClientConfig, NoEndpointAvailable
+from maniflow.paths.label import PROVIDERS, LabelReport, ProviderConfig, label_paths
+from maniflow.paths.store import EpisodePaths, PathStore, path_store_dir
+
+__all__ = ["PROVIDERS", "ClientConfig", "EpisodePaths", "LabelReport", "NoEndpointAvailable", "PathStore",
+           "ProviderConfig", "label_paths", "path_store_dir"]

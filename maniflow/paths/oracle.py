@@ -1,0 +1,70 @@
+"""Ground-truth ("oracle") paths: the episode's own future end-effector motion, projected.
+
+For frame t the path is the active arm's end-effector positions from frame t to the end,
+resampled to `num_points` points evenly spaced in 3D arc length, projected into the camera
+with frame t's stored matrices, and given the recorded gripper state. It is the label a
+path-conditioned policy can be trained on without a VLM, and the upper bound for any VLM.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from maniflow.geometry import project_points
+from maniflow.paths.protocol import Point
+
+MIN_DEPTH = 1e-3  # metres in front of the camera; nearer points are behind it or degenerate
+
+
+def active_arm(endpose: dict[str, np.ndarray], gripper: dict[str, np.ndarray]) -> str:
+    """The arm that does the task: the one that works its gripper most, then the one whose end
+    effector travels furthest (an idle arm may still move, e.g. out of the way or into view)."""
+    def score(arm):
+        return (float(np.abs(np.diff(gripper[arm])).sum()),
+                float(np.linalg.norm(np.diff(endpose[arm][:, :3], axis=0), axis=1).sum()))
+    return max(endpose, key=score)
+
+
+def resample_future(positions: np.ndarray, num_points: int) -> np.ndarray:
+    """For every frame t, indices (T, n) and fractions into `positions` of `num_points` points
+    evenly spaced in arc length along positions[t:]. Returns (index, frac) arrays; the point is
+    positions[index] + frac * (positions[index + 1] - positions[index])."""
+    t_len = len(positions)
+    seg = np.linalg.norm(np.diff(positions, axis=0), axis=1)
+    s = np.concatenate([[0.0], np.cumsum(seg)])  # arc length at each frame, non-decreasing
+    k = np.linspace(0.0, 1.0, num_points)
+    targets = s[:, None] + k[None, :] * (s[-1] - s[:, None])  # (T, n)
+    # side="right" - 1: the last frame at or before the target, so a pause (several frames at
+    # one arc length) resolves to its end, where the gripper has finished moving.
+    index = np.clip(np.searchsorted(s, targets, side="right") - 1, 0, max(t_len - 2, 0))
+    index[:, 0] = np.arange(t_len)  # the path starts where the arm is now, in its current state
+    if t_len < 2:
+        return index, np.zeros_like(targets)
+    span = s[np.minimum(index + 1, t_len - 1)] - s[index]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(span > 0, (targets - s[index]) / span, 0.0)
+    frac[:, 0] = 0.0
+    return index, np.clip(frac, 0.0, 1.0)
+
+
+def oracle_paths(positions: np.ndarray, gripper: np.ndarray, intrinsic_cv: np.ndarray,
+                 extrinsic_cv: np.ndarray, width: int, height: int,
+                 num_points: int = 10) -> tuple[list[list[Point]], np.ndarray]:
+    """Paths for every frame of one episode.
+
+    positions (T, 3) world end-effector positions; gripper (T,) 1 open, 0 closed;
+    intrinsic_cv (T, 3, 3) and extrinsic_cv (T, 3, 4) per frame. Returns (paths, dropped):
+    one path per frame (x, y in [0, 1] of the frame, clipped at the border) and the number of
+    points per frame dropped for lying behind the camera.
+    """
+    positions = np.asarray(positions, np.float64)
+    index, frac = resample_future(positions, num_points)
+    nxt = np.minimum(index + 1, len(positions) - 1)
+    points = positions[index] + frac[..., None] * (positions[nxt] - positions[index])  # (T, n, 3)
+    states = (np.asarray(gripper)[np.where(frac >= 1.0, nxt, index)] > 0.5).astype(int)
+    uv, depth = project_points(points, intrinsic_cv[:, None], extrinsic_cv[:, None])
+    xy = np.clip(uv / np.array([width, height], np.float64), 0.0, 1.0)
+    visible = depth > MIN_DEPTH
+    paths = [[(float(x), float(y), int(g)) for (x, y), g in zip(xy[t][visible[t]], states[t][visible[t]])]
+             for t in range(len(positions))]
+    return paths, (~visible).sum(axis=1)

@@ -1,0 +1,288 @@
+"""Path store: one path per frame, per (provider label, env, task) and episode. JSON, no pickle.
+
+    {work}/paths/{label}/{env}/{task}/          ({task}@{camera} for cameras other than head)
+      provider.json               what produced the answers (kind, model, prompt hash, ...)
+      episode{N}.journal.jsonl    answers as they arrive, one JSON line per frame (appended)
+      episode{N}.json             the finished episode: one line per frame, written atomically
+      summary.json                outcome counts, repairs and failure reasons per episode
+
+An answer is kept as the raw text; the finished file holds, per frame, its outcome (`ok`,
+`repaired` with what was repaired, `failed` with why, or `error` when no answer came), the
+path to use, and `from`, the frame whose path it is (the frame itself, or the fallback's
+source). Re-finishing from the stored raw answers (another fallback, a better parser) never
+queries again. The journal's last line may be cut off by a kill; it is ignored, and only
+complete lines count as answered. Answers whose source episode changed (frames store
+fingerprint) are discarded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from maniflow.paths.parse import FAILED, OK, REPAIRED, ParsedPath, parse_hamster, parse_peek
+from maniflow.paths.protocol import Point, crop_to_frame
+from maniflow.storage import code_version, temp_sibling, write_json
+
+log = logging.getLogger("maniflow.paths")
+
+FORMAT = "maniflow.paths"
+FORMAT_VERSION = 1
+ERROR = "error"  # no answer was received (transport failure after all retries)
+STATUSES = (OK, REPAIRED, FAILED, ERROR)
+FALLBACKS = ("nearest", "previous", "none")
+
+
+class ProviderMismatch(ValueError):
+    """The store holds answers of a different provider configuration."""
+
+
+def path_store_dir(work, label: str, env: str, task: str, camera: str = "head") -> Path:
+    name = task if camera == "head" else f"{task}@{camera}"
+    return Path(work) / "paths" / label / env / name
+
+
+def parse_answer(text: str, answer_format: str, width: int, height: int) -> ParsedPath:
+    """Raw answer -> path in full-frame coordinates (PEEK answers are relative to the crop)."""
+    if answer_format == "peek":
+        parsed = parse_peek(text)
+        parsed.points = crop_to_frame(parsed.points, width, height)
+        return parsed
+    return parse_hamster(text)
+
+
+def fallback_sources(usable: np.ndarray, mode: str) -> np.ndarray:
+    """For each frame, the frame whose path it uses: itself if usable, else by `mode`
+    (nearest usable frame, ties to the earlier; the previous usable frame; none). -1: none."""
+    if mode not in FALLBACKS:
+        raise ValueError(f"fallback {mode!r}: choose from {FALLBACKS}")
+    frames = np.arange(len(usable))
+    good = np.flatnonzero(usable)
+    source = np.where(usable, frames, -1)
+    if mode == "none" or len(good) == 0:
+        return source
+    after = np.searchsorted(good, frames)  # first usable frame at or after t
+    before = good[np.clip(after - 1, 0, None)]
+    has_before = after > 0
+    if mode == "previous":
+        return np.where(usable, frames, np.where(has_before, before, -1))
+    later = good[np.clip(after, None, len(good) - 1)]
+    has_later = after < len(good)
+    use_before = has_before & (~has_later | (frames - before <= later - frames))
+    return np.where(usable, frames, np.where(use_before, before, later))
+
+
+@dataclass
+class EpisodePaths:
+    episode: int
+    paths: list[list[Point]]  # per frame, after fallback ([] where there is none)
+    status: list[str]
+    source: list[int | None]  # frame whose path is used
+    record: dict  # the whole finished file
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.paths)
+
+
+class PathStore:
+    def __init__(self, directory):
+        self.dir = Path(directory)
+
+    # --- provider binding -------------------------------------------------------------
+    @property
+    def provider_file(self) -> Path:
+        return self.dir / "provider.json"
+
+    def provider(self) -> dict | None:
+        return json.loads(self.provider_file.read_text()) if self.provider_file.exists() else None
+
+    def bind(self, identity: dict, params: dict) -> None:
+        """Claim the store for a provider configuration; refuse answers of another one."""
+        current = self.provider()
+        if current is not None and current["identity"] != identity:
+            raise ProviderMismatch(
+                f"{self.dir} holds answers of {current['identity']}, not {identity}; "
+                "use another label (--label) to keep both, or delete the directory")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if current is None or current.get("params") != params:
+            write_json(self.provider_file, {"format": FORMAT, "version": FORMAT_VERSION,
+                                            "identity": identity, "params": params})
+
+    # --- files --------------------------------------------------------------------------
+    def episode_file(self, episode: int) -> Path:
+        return self.dir / f"episode{episode}.json"
+
+    def journal_file(self, episode: int) -> Path:
+        return self.dir / f"episode{episode}.journal.jsonl"
+
+    def episodes(self) -> list[int]:
+        return sorted(int(p.stem[len("episode"):]) for p in self.dir.glob("episode*.json")
+                      if p.stem[len("episode"):].isdigit())
+
+    # --- answers --------------------------------------------------------------------------
+    def load_answers(self, episode: int, fingerprint) -> dict[int, dict]:
+        """Answers already received for this episode: frame -> {raw, endpoint, latency_s, attempts}.
+        Empty when the stored answers belong to another version of the episode."""
+        answers: dict[int, dict] = {}
+        final = self.episode_file(episode)
+        if final.exists():
+            record = json.loads(final.read_text())
+            if record["source_fingerprint"] != fingerprint:
+                log.info("%s: episode %d changed since its paths were made; asking again", self.dir, episode)
+                return {}
+            answers = {f["frame"]: _answer_fields(f) for f in record["frames"] if f["status"] != ERROR}
+        journal = self.journal_file(episode)
+        if journal.exists():
+            lines = journal.read_text().split("\n")
+            header = _json_line(lines[0])
+            if header is None or header.get("source_fingerprint") != fingerprint:
+                return answers
+            for line in lines[1:]:
+                entry = _json_line(line)  # a cut-off last line is not an answer
+                if entry is not None and "frame" in entry:
+                    answers[entry["frame"]] = _answer_fields(entry)
+        return answers
+
+    def is_finished(self, episode: int, fallback: str) -> bool:
+        """The episode's file is written with this fallback and no answers wait in a journal."""
+        final = self.episode_file(episode)
+        if not final.exists() or self.journal_file(episode).exists():
+            return False
+        return json.loads(final.read_text()).get("fallback") == fallback
+
+    def journal(self, episode: int, fingerprint) -> "Journal":
+        return Journal(self.journal_file(episode), fingerprint)
+
+    def finish(self, episode: int, num_frames: int, answers: dict[int, dict], errors: dict[int, str],
+               *, answer_format: str, width: int, height: int, fallback: str, meta: dict) -> dict:
+        """Parse every answer, apply the fallback and write the episode's file atomically.
+        Returns the episode's statistics."""
+        parsed: list[ParsedPath | None] = [None] * num_frames
+        for t, a in answers.items():
+            if 0 <= t < num_frames:
+                parsed[t] = parse_answer(a["raw"], answer_format, width, height)
+        usable = np.array([p is not None and p.status != FAILED for p in parsed], bool)
+        source = fallback_sources(usable, fallback)
+        frames = []
+        for t in range(num_frames):
+            p = parsed[t]
+            src = int(source[t])
+            entry = {"frame": t, "status": p.status if p else ERROR,
+                     "path": _rounded(parsed[src].points) if src >= 0 else [],
+                     "from": src if src >= 0 else None}
+            if p is not None:
+                entry.update(repairs=p.repairs, reason=p.reason, **answers[t])
+            else:
+                entry.update(reason=errors.get(t, "not asked"))
+            frames.append(entry)
+        stats = _episode_stats(frames)
+        record = {"format": FORMAT, "version": FORMAT_VERSION, "episode": episode, **meta,
+                  "image_size": [width, height], "fallback": fallback, "stats": stats,
+                  "code_version": code_version()}
+        _write_frames_json(self.episode_file(episode), record, frames)
+        self.journal_file(episode).unlink(missing_ok=True)
+        return stats
+
+    def read(self, episode: int) -> EpisodePaths:
+        record = json.loads(self.episode_file(episode).read_text())
+        frames = record["frames"]
+        return EpisodePaths(episode, [[tuple(p) for p in f["path"]] for f in frames],
+                            [f["status"] for f in frames], [f["from"] for f in frames], record)
+
+    def write_summary(self, extra: dict) -> dict:
+        """Outcome counts per episode and in total, from the finished episode files."""
+        per_episode = {}
+        for n in self.episodes():
+            per_episode[n] = json.loads(self.episode_file(n).read_text())["stats"]
+        total = _merge_stats(per_episode.values())
+        summary = {"format": FORMAT, "version": FORMAT_VERSION, "provider": self.provider(),
+                   **extra, "total": total, "episodes": per_episode, "code_version": code_version()}
+        write_json(self.dir / "summary.json", summary)
+        return summary
+
+
+class Journal:
+    """Append-only answer log; each line is flushed as soon as it is written."""
+
+    def __init__(self, path: Path, fingerprint):
+        self.path = path
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        header = _json_line(text.split("\n", 1)[0])
+        # start afresh without a valid header or for an older version of the episode
+        new = header is None or header.get("source_fingerprint") != fingerprint
+        self._file = open(path, "w" if new else "a", encoding="utf-8")
+        if new:
+            self._write({"journal": FORMAT_VERSION, "source_fingerprint": fingerprint})
+        elif not text.endswith("\n"):
+            self._file.write("\n")  # end a line cut off by a kill, so the next one is whole
+
+    def _write(self, obj: dict) -> None:
+        self._file.write(json.dumps(obj) + "\n")
+        self._file.flush()
+
+    def append(self, frame: int, answer: dict) -> None:
+        self._write({"frame": frame, **answer})
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# --- helpers --------------------------------------------------------------------------------
+_ANSWER_KEYS = ("raw", "endpoint", "latency_s", "attempts")
+
+
+def _answer_fields(entry: dict) -> dict:
+    return {k: entry.get(k) for k in _ANSWER_KEYS}
+
+
+def _json_line(line: str) -> dict | None:
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _rounded(points: list[Point]) -> list[list]:
+    return [[round(x, 5), round(y, 5), g] for x, y, g in points]
+
+
+def _episode_stats(frames: list[dict]) -> dict:
+    status = Counter(f["status"] for f in frames)
+    repairs = Counter(r for f in frames for r in f.get("repairs") or ())
+    reasons = Counter(f["reason"] for f in frames if f["status"] in (FAILED, ERROR))
+    n = len(frames)
+    return {"frames": n, **{s: status.get(s, 0) for s in STATUSES},
+            "parsed_share": round((status[OK] + status[REPAIRED]) / n, 4) if n else 0.0,
+            "fallback_used": sum(1 for f in frames if f["status"] in (FAILED, ERROR) and f["from"] is not None),
+            "without_path": sum(1 for f in frames if f["from"] is None),
+            "repairs": dict(repairs), "reasons": dict(reasons)}
+
+
+def _merge_stats(stats) -> dict:
+    total = Counter()
+    repairs, reasons = Counter(), Counter()
+    for s in stats:
+        total.update({k: s[k] for k in ("frames", *STATUSES, "fallback_used", "without_path")})
+        repairs.update(s["repairs"])
+        reasons.update(s["reasons"])
+    n = total["frames"]
+    return {**{k: total[k] for k in ("frames", *STATUSES, "fallback_used", "without_path")},
+            "parsed_share": round((total[OK] + total[REPAIRED]) / n, 4) if n else 0.0,
+            "repairs": dict(repairs), "reasons": dict(reasons)}
+
+
+def _write_frames_json(path: Path, record: dict, frames: list[dict]) -> None:
+    """Valid JSON with one line per frame, so the file reads (and diffs) frame by frame."""
+    head = json.dumps(record, indent=1)[:-2]  # drop the closing "\n}"
+    body = ",\n".join(json.dumps(f) for f in frames)
+    tmp = temp_sibling(path)
+    tmp.write_text(f'{head},\n "frames": [\n{body}\n]}}\n', encoding="utf-8")
+    os.replace(tmp, path)

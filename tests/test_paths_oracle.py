@@ -1,0 +1,99 @@
+"""Ground-truth paths: projection against known pixels, resampling, gripper states, the camera's back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from maniflow.frames import FramesStore, frames_store_path
+from maniflow.geometry import intrinsics_from_fovy, look_at_extrinsic_cv, project_points
+from maniflow.paths.label import ProviderConfig, label_paths, store_oracle_paths
+from maniflow.paths.oracle import active_arm, oracle_paths
+from maniflow.paths.store import PathStore
+
+W, H = 320, 240
+
+
+def camera(frames: int):
+    """A camera at (0, -1, 1) looking at the origin, and its matrices repeated per frame."""
+    k = intrinsics_from_fovy(W, H, 45.0)
+    e = look_at_extrinsic_cv((0.0, -1.0, 1.0), (0.0, 0.0, 0.0))
+    return k, e, np.repeat(k[None], frames, 0), np.repeat(e[None], frames, 0)
+
+
+def test_path_points_land_on_known_pixels():
+    k, e, ks, es = camera(5)
+    # A straight 40 cm move along x through the look-at point, five frames at even spacing.
+    positions = np.array([[-0.2, 0, 0], [-0.1, 0, 0], [0.0, 0, 0], [0.1, 0, 0], [0.2, 0, 0]])
+    paths, behind = oracle_paths(positions, np.ones(5), ks, es, W, H, num_points=3)
+    assert behind.tolist() == [0] * 5
+    # The look-at point is the principal point, the image centre.
+    assert paths[2][0][:2] == pytest.approx((0.5, 0.5))
+    # Frame 0's path: start, middle and end of the remaining motion.
+    expected, _ = project_points(positions[[0, 2, 4]], k, e)
+    assert np.array([p[:2] for p in paths[0]]) == pytest.approx(expected / (W, H))
+    # Independent check of one pixel: x = +0.2 m at depth sqrt(2) along the axis -> u = cx + fx * 0.2 / sqrt(2).
+    fx = k[0, 0]
+    assert paths[0][-1][0] * W == pytest.approx(W / 2 + fx * 0.2 / np.sqrt(2), abs=1e-9)
+    # The last frame has nothing left to do: every point is where the arm is.
+    assert {p[:2] for p in paths[4]} == {paths[4][0][:2]}
+
+
+def test_resampling_is_even_in_arc_length_whatever_the_frame_timing():
+    _, _, ks, es = camera(4)
+    # Uneven steps: 1 cm, then 29 cm, then nothing: the path is still evenly spaced in space.
+    positions = np.array([[-0.15, 0, 0], [-0.14, 0, 0], [0.15, 0, 0], [0.15, 0, 0]])
+    paths, _ = oracle_paths(positions, np.ones(4), ks, es, W, H, num_points=4)
+    xs = np.array([p[0] for p in paths[0]])
+    gaps = np.diff(xs)
+    assert gaps.min() > 0 and gaps.max() / gaps.min() < 1.15  # perspective makes them differ slightly
+
+
+def test_gripper_state_follows_the_data_and_starts_at_the_current_frame():
+    _, _, ks, es = camera(6)
+    positions = np.array([[-0.2, 0, 0], [-0.1, 0, 0], [0.0, 0, 0], [0.0, 0, 0], [0.1, 0, 0], [0.2, 0, 0]])
+    gripper = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])  # opens, pauses at x = 0 and closes, moves on
+    paths, _ = oracle_paths(positions, gripper, ks, es, W, H, num_points=5)
+    assert [p[2] for p in paths[0]] == [1, 1, 0, 0, 0]  # the point at the pause is after the grasp
+    assert paths[2][0][2] == 1  # frame 2 is still open, though it sits where the grasp happens
+    assert [p[2] for p in paths[3]] == [0] * 5
+
+
+def test_points_behind_the_camera_are_dropped():
+    _, _, ks, es = camera(3)
+    # The camera is at y = -1 looking towards +y; the motion ends 1 m behind it.
+    positions = np.array([[0.0, 0.0, 0.0], [0.0, -1.5, 1.5], [0.0, -2.0, 2.0]])
+    paths, behind = oracle_paths(positions, np.ones(3), ks, es, W, H, num_points=9)
+    assert behind[0] > 0 and len(paths[0]) == 9 - behind[0]
+    assert all(0 <= x <= 1 and 0 <= y <= 1 for x, y, _ in paths[0])
+    assert paths[2] == [] and behind[2] == 9
+
+
+def test_active_arm_is_the_one_that_works_its_gripper():
+    still = np.zeros((10, 7))
+    moving = np.zeros((10, 7))
+    moving[:, 0] = np.linspace(0, 1, 10)
+    # The idle arm travels further (e.g. moves into view) but never uses its gripper.
+    assert active_arm({"left": moving * 0.3, "right": moving}, {"left": np.r_[np.ones(5), np.zeros(5)],
+                                                                 "right": np.ones(10)}) == "left"
+    assert active_arm({"left": still, "right": moving}, {"left": np.ones(10), "right": np.ones(10)}) == "right"
+
+
+def test_oracle_labels_a_frames_store_and_starts_at_the_stored_end_pose(work_copy):
+    report = label_paths(work_copy, "clean", "click_bell", ProviderConfig(kind="oracle"))
+    frames = FramesStore(frames_store_path(work_copy, "clean", "click_bell"))
+    assert report.frames == frames.num_frames and report.total["ok"] == frames.num_frames
+    store = PathStore(report.store)
+    for i, number in enumerate(frames.episode_index):
+        stored = store.read(int(number))
+        assert stored.num_frames == frames.episodes[i]["frames"]
+        paths, arm, _ = store_oracle_paths(frames, i, 10)
+        pose = frames.array(f"{arm}_endpose", i)[:, :3]
+        uv, _ = project_points(pose, frames.array("intrinsic_cv", i), frames.array("extrinsic_cv", i))
+        first = np.array([p[0][:2] for p in stored.paths])
+        inside = ((uv >= 0) & (uv <= (W, H))).all(axis=1)
+        assert np.abs(first[inside] * (W, H) - uv[inside]).max() < 0.05  # answers carry 4 decimals
+        assert stored.status == ["ok"] * stored.num_frames and stored.source == list(range(stored.num_frames))
+    # A second run asks nothing.
+    again = label_paths(work_copy, "clean", "click_bell", ProviderConfig(kind="oracle"))
+    assert again.asked == 0 and again.reused == report.frames

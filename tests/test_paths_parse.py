@@ -1,0 +1,95 @@
+"""Parsing VLM answers without eval: the real failure modes, each repaired or failed by name."""
+
+from __future__ import annotations
+
+import pytest
+
+from maniflow.paths.parse import parse_hamster, parse_peek
+from maniflow.paths.protocol import crop_to_frame, format_hamster_answer, format_peek_answer, frame_to_crop, \
+    reply_text
+
+
+def test_well_formed_answer_with_gripper_tags():
+    text = ("<ans>[(0.25, 0.32), (0.32, 0.17), <action>Open Gripper</action>, (0.74, 0.21), "
+            "<action>Close Gripper</action>, (0.5, 0.5)]</ans>")
+    p = parse_hamster(text)
+    assert p.status == "ok" and p.repairs == []
+    # The state starts closed; a tag sets the point just before it and the following ones.
+    assert p.points == [(0.25, 0.32, 0), (0.32, 0.17, 1), (0.74, 0.21, 0), (0.5, 0.5, 0)]
+
+
+@pytest.mark.parametrize("text, points, repair", [
+    ("<ans>[<action>Open Gripper</action>, (0.1, 0.2), (0.3, 0.4)]</ans>",
+     [(0.1, 0.2, 1), (0.3, 0.4, 1)], "action tag before the first point taken as the initial state"),
+    ("<ans>[(0.1, 0.2), (0.3, 0.4), ...]</ans>", [(0.1, 0.2, 0), (0.3, 0.4, 0)], "literal '...' ignored"),
+    ("<ans>[(0.1, 0.2), (0.3, 0.4)", [(0.1, 0.2, 0), (0.3, 0.4, 0)], "answer cut off before </ans>"),
+    ("<ans>[(0.1, 0.2), (0.3, 0.4), (0.55, 0.", [(0.1, 0.2, 0), (0.3, 0.4, 0)], "cut-off last point dropped"),
+    ("<ans>[(1.08, -0.03), (0.3, 0.4)]</ans>", [(1.0, 0.0, 0), (0.3, 0.4, 0)], "coordinates outside [0, 1] clipped"),
+    ("<ans>[(0.1, 0.2), (120, 85)]</ans>", [(0.1, 0.2, 0)], "points far outside [0, 1] dropped"),
+    ("The gripper should go [(0.1, 0.2), (0.3, 0.4)]", [(0.1, 0.2, 0), (0.3, 0.4, 0)],
+     "no <ans> tag; points read from the whole answer"),
+    ("<ans>[[0.1, 0.2], [0.3, 0.4]]</ans>", [(0.1, 0.2, 0), (0.3, 0.4, 0)], "[x, y] pairs read as points"),
+    ("<ans>[(0.1, 0.2), then (0.3, 0.4)]</ans>", [(0.1, 0.2, 0), (0.3, 0.4, 0)],
+     "stray text inside the answer ignored"),
+])
+def test_real_failure_modes_are_repaired_and_named(text, points, repair):
+    p = parse_hamster(text)
+    assert p.status == "repaired"
+    assert p.points == points
+    assert repair in p.repairs
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("", "empty answer"),
+    ("   \n", "empty answer"),
+    ("I cannot see a robot in this image.", "no <ans> tag and no points"),
+    ("<ans>[]</ans>", "no points in answer"),
+    ("<ans>[(120, 80), (300, 200)]</ans>", "no points in answer"),
+])
+def test_unusable_answers_fail_with_a_reason(text, reason):
+    p = parse_hamster(text)
+    assert p.status == "failed" and p.points == [] and p.reason == reason
+
+
+def test_answer_text_is_never_evaluated(tmp_path):
+    marker = tmp_path / "evaluated"
+    text = f"<ans>[__import__('pathlib').Path({str(marker)!r}).touch(), (0.1, 0.2)]</ans>"
+    p = parse_hamster(text)
+    assert not marker.exists()
+    assert p.points == [(0.1, 0.2, 0)] and "stray text inside the answer ignored" in p.repairs
+
+
+def test_oracle_answer_format_round_trips_gripper_states():
+    path = [(0.1, 0.9, 1), (0.2, 0.8, 1), (0.3, 0.7, 0), (0.4, 0.6, 0), (0.5, 0.5, 1), (0.6, 0.4, 0)]
+    text = format_hamster_answer(path)
+    assert parse_hamster(text).points == path and parse_hamster(text).status == "ok"
+    assert format_hamster_answer([(0.5, 0.5, 0)]) == "<ans>[(0.5000, 0.5000)]</ans>"
+
+
+def test_peek_answer_uses_the_trajectory_not_the_mask():
+    text = "TRAJECTORY: <ans>[(0.25, 0.32), (0.5, 0.75)]</ans> MASK: <ans>[(0.9, 0.9), (0.8, 0.8)]</ans>"
+    p = parse_peek(text)
+    assert p.status == "ok" and p.points == [(0.25, 0.32, None), (0.5, 0.75, None)]
+    p = parse_peek("<ans>[(0.25, 0.32), <action>Open Gripper</action>, (0.5, 0.75)]</ans>")
+    assert p.status == "repaired" and p.points == [(0.25, 0.32, None), (0.5, 0.75, None)]
+    assert "no TRAJECTORY label; first <ans> used" in p.repairs
+    assert parse_peek(format_peek_answer([(0.1, 0.2, None)])).points == [(0.1, 0.2, None)]
+
+
+def test_peek_crop_coordinates_map_to_the_full_frame():
+    # 320x240: the centred square crop is x 40..280; REFERENCE: u = 40 + x * 240, v = y * 240.
+    assert crop_to_frame([(0.0, 0.0, None), (1.0, 1.0, None), (0.5, 0.25, None)], 320, 240) == [
+        (40 / 320, 0.0, None), (280 / 320, 1.0, None), (160 / 320, 60 / 240, None)]
+    # Portrait frames crop vertically.
+    assert crop_to_frame([(0.5, 0.0, None)], 240, 320) == [(0.5, 40 / 320, None)]
+    pts = [(0.3, 0.6, None), (0.8, 0.1, None)]
+    back = crop_to_frame(frame_to_crop(pts, 320, 240), 320, 240)
+    assert [c for p in back for c in p[:2]] == pytest.approx([c for p in pts for c in p[:2]])
+
+
+def test_reply_content_as_list_of_parts_or_string():
+    hamster = {"choices": [{"message": {"content": [{"type": "text", "text": "<ans>[(0.1, 0.2)]</ans>"}]}}]}
+    openai = {"choices": [{"message": {"content": "<ans>[(0.1, 0.2)]</ans>"}}]}
+    assert reply_text(hamster) == reply_text(openai) == "<ans>[(0.1, 0.2)]</ans>"
+    with pytest.raises(ValueError, match="no choices"):
+        reply_text({"error": "boom"})
