@@ -1,11 +1,11 @@
 """`maniflow`: run each pipeline stage without Prefect, for one episode, one task or all.
 
-    maniflow generate   write the embedded synthetic RoboTwin 2.0 episodes
-    maniflow extract    episodes of (env, task) -> frames store (decoded once, Zarr)
-    maniflow paths        label every frame with a path (VLM server or oracle), resumably
-    maniflow serve-paths  loopback VLM server speaking the HAMSTER / PEEK / OpenAI protocol
-    maniflow import-paths bring existing HAMSTER output directories into the path store
-    maniflow inspect    summary of an episode file, a data root or any store the project writes
+    maniflow generate      write the embedded synthetic RoboTwin 2.0 episodes
+    maniflow extract       episodes of (env, task) -> frames store (decoded once, Zarr)
+    maniflow paths         label every frame with a path (VLM server or oracle), resumably
+    maniflow serve-paths   loopback VLM server speaking the HAMSTER / PEEK / OpenAI protocol
+    maniflow import-paths  bring existing HAMSTER output directories into the path store
+    maniflow inspect       summary of an episode file, a data root or any store the project writes
 """
 
 from __future__ import annotations

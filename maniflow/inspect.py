@@ -10,6 +10,7 @@ import numpy as np
 import zarr
 
 from maniflow.frames import FORMAT as FRAMES_FORMAT
+from maniflow.paths.label import LOW_PARSE_SHARE
 from maniflow.robotwin import ARMS, EpisodeError, EpisodeRef, RoboTwinEpisode, discover_episodes, \
     read_instructions
 
@@ -61,7 +62,7 @@ def describe_paths(path: Path) -> str:
                  f"{100 * t['parsed_share']:.1f}%; fallback used {t['fallback_used']}, "
                  f"without path {t['without_path']} (fallback {summary.get('fallback')})")
     for number, s in sorted(summary["episodes"].items(), key=lambda kv: int(kv[0])):
-        flag = "" if s["parsed_share"] >= 0.9 else "   <- check"
+        flag = "" if s["parsed_share"] >= LOW_PARSE_SHARE else "   <- check"
         lines.append(f"    episode {number}: {s['frames']} frames, parsed {100 * s['parsed_share']:.1f}%"
                      f" (failed {s['failed']}, no answer {s['error']}){flag}")
     for title, counts in (("repairs", t["repairs"]), ("failures", t["reasons"])):

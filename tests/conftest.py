@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -71,16 +70,18 @@ MANIFLOW = str(Path(sys.executable).with_name("maniflow"))
 class PathServer:
     """`maniflow serve-paths` in its own process, on free loopback ports."""
 
-    def __init__(self, work: Path, ports: int, *args, env=None):
-        self.ready = Path(tempfile.mkdtemp()) / "ready.json"
-        self.proc = subprocess.Popen([MANIFLOW, "serve-paths", "--work", str(work), "--ports",
-                                      ",".join(["0"] * ports), "--ready-file", str(self.ready), *map(str, args)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, **(env or {})})
+    def __init__(self, directory: Path, work: Path, ports: int, *args, env=None):
+        self.ready, self.log = directory / "ready.json", directory / "server.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen([MANIFLOW, "serve-paths", "--work", str(work), "--ports",
+                                          ",".join(["0"] * ports), "--ready-file", str(self.ready),
+                                          *map(str, args)], stdout=log, stderr=subprocess.STDOUT,
+                                         env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 60
         while not self.ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"serve-paths did not start:\n{self.proc.stdout.read()}")
+                self.stop()
+                raise RuntimeError(f"serve-paths did not start:\n{self.log.read_text()}")
             time.sleep(0.05)
         self.urls = tuple(json.loads(self.ready.read_text())["urls"])
 
@@ -97,16 +98,16 @@ class PathServer:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        shutil.rmtree(self.ready.parent, ignore_errors=True)
+                self.proc.wait()
 
 
 @pytest.fixture
-def path_server():
+def path_server(tmp_path_factory):
     """Factory: path_server(work, ports, *extra_args) -> PathServer, stopped after the test."""
     servers = []
 
     def start(work, ports=1, *args, env=None) -> PathServer:
-        servers.append(PathServer(work, ports, *args, env=env))
+        servers.append(PathServer(tmp_path_factory.mktemp("server"), work, ports, *args, env=env))
         return servers[-1]
 
     yield start

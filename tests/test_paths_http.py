@@ -127,9 +127,10 @@ def test_server_errors_and_timeouts_are_retried_elsewhere(work_copy, path_server
 
 
 def test_malformed_answers_get_an_outcome_and_a_fallback(work_copy, path_server):
-    server = path_server(work_copy, 2, "--malformed-rate", 0.5, "--seed", 1)
+    server = path_server(work_copy, 2, "--malformed-rate", 1.0, "--seed", 1)
     report = label_paths(work_copy, "clean", "click_bell", ProviderConfig(kind="hamster"), client(server.urls))
     t = report.total
+    assert "WARNING: only" in report.summary() and "maniflow inspect" in report.summary()
     assert t["ok"] + t["repaired"] + t["failed"] + t["error"] == report.frames
     assert t["repaired"] > 0 and t["failed"] > 0 and t["error"] == 0
     assert t["reasons"] == {"no <ans> tag and no points": t["failed"]}

@@ -29,6 +29,7 @@ from maniflow.robotwin import ARMS
 log = logging.getLogger("maniflow.paths")
 
 PROVIDERS = (*VLM_KINDS, "oracle")
+LOW_PARSE_SHARE = 0.9  # below this share of usable answers a task's labels are flagged
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ class LabelReport:
                 f"parsed {100 * t.get('parsed_share', 0):.1f}% -> {self.store}")
         for name, count in sorted(t.get("reasons", {}).items(), key=lambda kv: -kv[1])[:3]:
             text += f"\n  failed: {count} x {name}"
+        if t.get("frames") and t["parsed_share"] < LOW_PARSE_SHARE:
+            text += (f"\n  WARNING: only {100 * t['parsed_share']:.1f}% of the answers are usable; "
+                     f"look at them: maniflow inspect {self.store}")
         return text
 
 
