@@ -33,6 +33,8 @@ demo: $(STAMP)
 	$(BIN)/maniflow paths --provider oracle --work $(WORK)
 	$(MAKE) --no-print-directory demo-vlm-paths
 	$(BIN)/maniflow inspect $(WORK)/paths/hamster/cluttered/open_microwave
+	$(BIN)/maniflow render --work $(WORK) --label hamster --workers 2
+	$(BIN)/maniflow inspect $(WORK)/datasets/cluttered_overlay_open_microwave.zarr
 
 # Path labelling over real HTTP: four loopback servers speaking the HAMSTER protocol (answers
 # from the oracle, VLM_LATENCY seconds each, one request at a time), as four GPUs would serve.
@@ -51,6 +53,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_paths.py
+	$(BIN)/python benchmarks/bench_datasets.py
 
 clean:
 	rm -rf $(DATA) $(WORK) .prefect

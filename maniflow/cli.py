@@ -5,6 +5,7 @@
     maniflow paths         label every frame with a path (VLM server or oracle), resumably
     maniflow serve-paths   loopback VLM server speaking the HAMSTER / PEEK / OpenAI protocol
     maniflow import-paths  bring existing HAMSTER output directories into the path store
+    maniflow render        frames + paths -> original / overlay / concat training datasets (Zarr)
     maniflow inspect       summary of an episode file, a data root or any store the project writes
 """
 
@@ -201,6 +202,34 @@ def cmd_import_paths(args) -> int:
     return 0
 
 
+def cmd_render(args) -> int:
+    from maniflow.datasets import DEFAULT_LABEL, DatasetConfig, render_task
+    from maniflow.frames import worker_pool
+    from maniflow.previews import contact_sheet, episode_video
+
+    config = DatasetConfig(resolution=args.resolution, dtype=args.dtype)
+    pairs = _frames_stores(args.work, args.envs, args.tasks, "head")
+    if not pairs:
+        print(f"no frames stores under {Path(args.work) / 'frames'} for these envs/tasks; run maniflow extract",
+              file=sys.stderr)
+        return 1
+    previews = Path(args.work) / "datasets" / "previews"
+    suffix = "" if args.label == DEFAULT_LABEL else f"-{args.label}"
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(worker_pool(args.workers)) if args.workers > 1 else None
+        for env, task in pairs:
+            report = render_task(args.work, env, task, args.label, config, executor=pool)
+            print(report.summary())
+            if not args.no_preview:
+                print(f"  preview {contact_sheet(args.work, env, task, args.label, previews / f'{env}_{task}{suffix}.png')}")
+            if args.video is not None:
+                out = previews / f"{env}_{task}{suffix}_episode{args.video}.mp4"
+                print(f"  video {episode_video(args.work, env, task, args.label, args.video, out)}")
+    print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def cmd_inspect(args) -> int:
     from maniflow.inspect import describe
 
@@ -332,6 +361,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="HAMSTER_dev", help="model that made the answers (default %(default)s)")
     p.add_argument("--camera", default="head", choices=CAMERAS, help="camera (default head)")
     p.set_defaults(func=cmd_import_paths)
+
+    p = sub.add_parser("render", help="frames + paths -> training datasets (original, overlay, concat)",
+                       description="For each (env, task): draw every frame's path (HAMSTER style) at native "
+                       "resolution, resize original, overlay and path-only images alike to the training "
+                       "resolution and write {work}/datasets/{env}_{original,overlay,concat}_{task}.zarr "
+                       "(paths of another --label than hamster: {env}_overlay-{label}_{task}.zarr). "
+                       "Per-episode parts are reused while their inputs are unchanged; stores are "
+                       "replaced atomically. Also writes a contact sheet PNG per (env, task).")
+    p.add_argument("--work", default=DEFAULT_WORK, help="work root with frames/ and paths/ (default %(default)s)")
+    p.add_argument("--label", default="hamster", help="path store to draw (default %(default)s)")
+    p.add_argument("--envs", type=_csv, default=None, help="comma-separated: clean,cluttered (default: all found)")
+    p.add_argument("--tasks", type=_csv, default=None, help="comma-separated task names (default: all found)")
+    p.add_argument("--resolution", type=int, default=224, help="square training resolution (default %(default)s)")
+    p.add_argument("--dtype", choices=("uint8", "float32"), default="uint8",
+                   help="image dtype; float32 (values 0-1, 4x the bytes) matches the user's old datasets")
+    p.add_argument("--workers", type=int, default=1, help="processes (default %(default)s)")
+    p.add_argument("--no-preview", action="store_true", help="skip the contact sheets")
+    p.add_argument("--video", type=int, default=None, metavar="EPISODE",
+                   help="also write an MP4 of this episode (original | overlay)")
+    p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("inspect", help="summarise an episode file, data root or store",
                        description="Print a human summary of a RoboTwin episode (.hdf5), a RoboTwin "

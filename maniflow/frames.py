@@ -27,7 +27,6 @@ the frame chunk files of the parts instead of copying them.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -39,7 +38,8 @@ import zarr
 
 from maniflow.robotwin import ARMS, EpisodeArrays, EpisodeError, EpisodeRef, RoboTwinEpisode, \
     discover_episodes, read_instructions
-from maniflow.storage import code_version, remove_stale_temps, replace_dir, temp_sibling, write_json
+from maniflow.storage import append_frames, code_version, remove_stale_temps, replace_dir, temp_sibling, \
+    write_json
 
 FORMAT = "maniflow.frames"
 FORMAT_VERSION = 1
@@ -185,20 +185,6 @@ def process_episode(ref: EpisodeRef, store_path: Path, camera: str = "head",
 
 # -- assembly ----------------------------------------------------------------------------------
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # other filesystem, or links not supported
-        shutil.copyfile(src, dst)
-
-
-def _chunk_files_compatible(part_rgb: Path, store_rgb: Path) -> bool:
-    """Chunk files can be linked only if both arrays encode frames identically."""
-    a, b = (json.loads((p / ".zarray").read_text()) for p in (part_rgb, store_rgb))
-    a.pop("shape"), b.pop("shape")
-    return a == b
-
-
 def assemble_frames_store(store_path: Path, refs: list[EpisodeRef], env: str, config: str,
                           camera: str = "head", link: bool = True) -> dict:
     """Build the store from the parts of `refs` (those without a good part are quarantined)."""
@@ -236,14 +222,8 @@ def assemble_frames_store(store_path: Path, refs: list[EpisodeRef], env: str, co
                                     dtype=np.uint8, compressors=RGB_COMPRESSOR)
             offset = 0
             for record in records:
-                src_dir = part_path(store_path, record["episode"]) / "rgb"
-                if link and _chunk_files_compatible(src_dir, tmp / "data" / "rgb"):
-                    for i in range(record["frames"]):
-                        src = src_dir / f"{i}.0.0.0"
-                        if src.exists():  # all-zero frames are not stored (fill value)
-                            _link_or_copy(src, tmp / "data" / "rgb" / f"{offset + i}.0.0.0")
-                else:
-                    rgb[offset:offset + record["frames"]] = zarr.open_array(src_dir, mode="r")[:]
+                append_frames(part_path(store_path, record["episode"]) / "rgb", rgb, tmp / "data" / "rgb",
+                              offset, link)
                 offset += record["frames"]
         ends = np.cumsum(lengths)
         index = np.array([r["episode"] for r in records], np.int64)
