@@ -35,6 +35,7 @@ demo: $(STAMP)
 	$(BIN)/maniflow inspect $(WORK)/paths/hamster/cluttered/open_microwave
 	$(BIN)/maniflow render --work $(WORK) --label hamster --workers 2
 	$(BIN)/maniflow inspect $(WORK)/datasets/cluttered_overlay_open_microwave.zarr
+	$(BIN)/maniflow train --work $(WORK) --env cluttered --task click_bell --condition overlay_initial_current --preset demo
 
 # Path labelling over real HTTP: four loopback servers speaking the HAMSTER protocol (answers
 # from the oracle, VLM_LATENCY seconds each, one request at a time), as four GPUs would serve.
@@ -54,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_paths.py
 	$(BIN)/python benchmarks/bench_datasets.py
+	$(BIN)/python benchmarks/bench_train.py
 
 clean:
 	rm -rf $(DATA) $(WORK) .prefect

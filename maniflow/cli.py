@@ -6,6 +6,7 @@
     maniflow serve-paths   loopback VLM server speaking the HAMSTER / PEEK / OpenAI protocol
     maniflow import-paths  bring existing HAMSTER output directories into the path store
     maniflow render        frames + paths -> original / overlay / concat training datasets (Zarr)
+    maniflow train         one ManiFlow policy (condition x dataset), resumable, with checkpoints
     maniflow inspect       summary of an episode file, a data root or any store the project writes
 """
 
@@ -116,7 +117,7 @@ class _Progress:
         self.label, self.start, self.last = label, time.perf_counter(), 0.0
         self.tty = sys.stderr.isatty()
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, note: str = "") -> None:
         now = time.perf_counter()
         if done < total and now - self.last < (0.2 if self.tty else 10.0):
             return
@@ -124,7 +125,7 @@ class _Progress:
         width = 30
         filled = int(width * done / total) if total else width
         rate = done / (now - self.start) if now > self.start else 0.0
-        line = f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:.1f}/s"
+        line = f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:.1f}/s {note}"
         print(("\r" + line) if self.tty else line, end="\n" if (done >= total or not self.tty) else "",
               file=sys.stderr, flush=True)
 
@@ -227,6 +228,38 @@ def cmd_render(args) -> int:
                 out = previews / f"{env}_{task}{suffix}_episode{args.video}.mp4"
                 print(f"  video {episode_video(args.work, env, task, args.label, args.video, out)}")
     print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from dataclasses import replace
+
+    from maniflow.datasets import DEFAULT_LABEL, dataset_path
+    from maniflow.replay import CONDITIONS
+    from maniflow.train import PRESETS, TrainingDiverged, train
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = PRESETS[args.preset]
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("seed", args.seed),
+                                   ("device", args.device)) if v is not None}
+    cfg = replace(cfg, **overrides)
+    if args.encoder_weights:
+        cfg = replace(cfg, policy=replace(cfg.policy, encoder_weights=str(args.encoder_weights)))
+    store = dataset_path(args.work, args.env, CONDITIONS[args.condition].dataset, args.task, args.label)
+    suffix = "" if args.label == DEFAULT_LABEL else f"-{args.label}"
+    run = args.run or Path(args.work) / "runs" / f"{args.env}_{args.condition}{suffix}_{args.task}_{args.preset}_seed{cfg.seed}"
+    bar = _Progress(f"train {run.name}")
+    print(f"training {args.condition} on {store} -> {run}")
+    try:
+        result = train(store, args.condition, run, cfg,
+                       progress=lambda i: bar(i["step"], i["total_steps"], f"epoch {i['epoch'] + 1}/{i['epochs']} "
+                                                                              f"loss {i['loss']:.4f}"))
+    except TrainingDiverged as e:
+        print(f"maniflow train: {e}", file=sys.stderr)
+        return 3
+    last = result.history[-1] if result.history else {}
+    print(f"done: {result.epochs} epochs, {result.steps} steps; last loss {last.get('loss', float('nan')):.4f}, "
+          f"validation {last.get('val_loss')}; best checkpoint {result.best}")
     return 0
 
 
@@ -381,6 +414,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", type=int, default=None, metavar="EPISODE",
                    help="also write an MP4 of this episode (original | overlay)")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("train", help="train one ManiFlow policy on one dataset (resumable)",
+                       description="Train the ManiFlow image policy for one condition on the dataset of "
+                       "(env, task) made by `maniflow render`, into {work}/runs/<name>/ (checkpoints/latest.ckpt, "
+                       "top-k checkpoints by validation loss, metrics.jsonl, loss.png). Running it again "
+                       "resumes from latest.ckpt to the same result as an uninterrupted run.")
+    p.add_argument("--work", default=DEFAULT_WORK, help="work root with datasets/ (default %(default)s)")
+    p.add_argument("--env", required=True, choices=ENVS, help="training data environment")
+    p.add_argument("--task", required=True, help="task name")
+    p.add_argument("--condition", required=True, choices=("original", "overlay_current", "overlay_initial_current",
+                                                          "concat_current", "concat_initial_current"))
+    p.add_argument("--label", default="hamster", help="path label of the overlay datasets (default %(default)s)")
+    p.add_argument("--preset", choices=("paper", "demo"), default="paper",
+                   help="paper: the user's settings; demo: toy sizes, about a minute on CPU (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument("--encoder-weights", type=Path, default=None,
+                   help="local ResNet-18 state dict (ImageNet or R3M); default random initialisation")
+    p.add_argument("--run", type=Path, default=None, help="run directory (default {work}/runs/<name>)")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("inspect", help="summarise an episode file, data root or store",
                        description="Print a human summary of a RoboTwin episode (.hdf5), a RoboTwin "

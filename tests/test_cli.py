@@ -20,7 +20,7 @@ def run(*args, check=True):
 
 def test_help_for_every_subcommand():
     top = run("--help").stdout
-    for command in ("generate", "extract", "inspect", "paths", "serve-paths", "import-paths", "render"):
+    for command in ("generate", "extract", "inspect", "paths", "serve-paths", "import-paths", "render", "train"):
         assert command in top
         text = run(command, "--help").stdout
         assert "usage: maniflow " + command in text and "--" in text

@@ -1,0 +1,202 @@
+"""The ManiFlow policy and trainer: shapes, the data path against a reference sampler, learning,
+exact resume, top-k bookkeeping, NaN handling."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from maniflow.datasets import render_task
+from maniflow.paths.label import ProviderConfig, label_paths
+from maniflow.policy import ManiFlowPolicy, PolicyConfig
+from maniflow.replay import CONDITIONS, ReplayData, window_table
+from maniflow.train import PRESETS, TrainConfig, TrainingDiverged, ema_decay, load_policy, lr_at, train
+
+ENV, TASK = "clean", "open_microwave"
+TINY = replace(PRESETS["demo"], policy=PolicyConfig(image_size=32, encoder="test_resnet", dim=32, depth=1, heads=2,
+                                                     dropout=0.1, inference_steps=2, horizon=8, n_action_steps=8),
+               batch_size=16, epochs=3, warmup_steps=5, lr=1e-3, top_k=2)
+
+
+@pytest.fixture(scope="module")
+def stores(small_work, tmp_path_factory):
+    """Original, overlay and concat datasets (oracle paths at 96 px) of one (env, task)."""
+    from maniflow.datasets import DatasetConfig
+
+    work = tmp_path_factory.mktemp("train_work")
+    (work / "frames").mkdir()
+    for env_dir in (small_work / "frames").iterdir():
+        (work / "frames" / env_dir.name).symlink_to(env_dir)
+    label_paths(work, ENV, TASK, ProviderConfig(kind="oracle", label="hamster"))
+    return render_task(work, ENV, TASK, config=DatasetConfig(resolution=48)).stores
+
+
+def reference_windows(episode_ends, horizon, pad_before, pad_after):
+    """diffusion_policy's create_indices + sample_sequence, written out per sample."""
+    out = []
+    start = 0
+    for end in episode_ends:
+        length = end - start
+        for idx in range(-pad_before, length - horizon + pad_after + 1):
+            buffer_start = max(idx, 0) + start
+            buffer_end = min(idx + horizon, length) + start
+            sample_start = buffer_start - (idx + start)
+            sample_end = horizon - ((idx + horizon + start) - buffer_end)
+            rows = list(range(buffer_start, buffer_end))
+            window = [rows[0]] * sample_start + rows + [rows[-1]] * (horizon - sample_end)
+            out.append(window)
+        start = end
+    return np.array(out)
+
+
+@pytest.mark.parametrize("horizon, n_obs, n_act", [(16, 2, 16), (8, 2, 4), (4, 1, 1), (10, 3, 8)])
+def test_windows_match_the_reference_sampler_everywhere(horizon, n_obs, n_act):
+    ends = np.array([5, 25, 26, 60])  # includes an episode shorter than the horizon
+    ours = window_table(ends, horizon, n_obs - 1, n_act - 1)
+    ref = reference_windows(ends, horizon, min(n_obs - 1, horizon - 1), min(n_act - 1, horizon - 1))
+    assert ours.shape == ref.shape and np.array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("condition", sorted(CONDITIONS))
+def test_every_condition_has_the_right_shapes(stores, condition):
+    data = ReplayData(stores[CONDITIONS[condition].dataset], condition)
+    cfg = replace(TINY.policy, channels=data.channels, initial=CONDITIONS[condition].initial)
+    windows = data.windows(list(range(data.num_episodes)), cfg.horizon, cfg.n_obs_steps, cfg.n_action_steps)
+    batch = windows.batch(torch.arange(5))
+    c = 6 if condition.startswith("concat") else 3
+    assert batch["obs"]["current"].shape == (5, 2, c, 48, 48) and batch["obs"]["current"].dtype == torch.uint8
+    assert batch["obs"]["agent_pos"].shape == (5, 2, 14) and batch["action"].shape == (5, 8, 14)
+    assert ("initial" in batch["obs"]) == CONDITIONS[condition].initial
+    if CONDITIONS[condition].initial:
+        assert batch["obs"]["initial"].shape == (5, c, 48, 48)
+        assert torch.equal(batch["obs"]["initial"][0], data.images[0])  # the episode's frame 0
+    torch.manual_seed(0)
+    policy = ManiFlowPolicy(cfg)
+    policy.action_norm.fit(data.action)
+    policy.state_norm.fit(data.state)
+    loss, metrics = policy.compute_loss(batch, policy)
+    assert loss.ndim == 0 and torch.isfinite(loss) and metrics["consistency"] > 0
+    actions = policy.eval().predict_action(batch["obs"], steps=1)
+    assert actions.shape == (5, 8, 14)  # all n_action_steps, not one fewer
+
+
+def test_paper_preset_returns_all_16_actions():
+    cfg = PRESETS["paper"].policy
+    assert (cfg.horizon, cfg.n_obs_steps, cfg.n_action_steps, cfg.dim, cfg.depth, cfg.heads) == (16, 2, 16, 512, 8, 8)
+    assert cfg.model_horizon == 17 and PRESETS["paper"].batch_size == 64 and PRESETS["paper"].epochs == 501
+
+
+def test_augmentation_is_per_sample_and_off_at_inference():
+    policy = ManiFlowPolicy(replace(TINY.policy, image_size=32))
+    images = torch.full((4, 2, 3, 32, 32), 120, dtype=torch.uint8)
+    images[..., 8:24, 8:24] = 250
+    gen = torch.Generator().manual_seed(0)
+    train = policy.augment(images, True, gen)
+    assert not torch.allclose(train[0], train[1])  # different draws per sample
+    assert torch.allclose(train[0, 0], train[0, 1])  # one draw per sample across its time steps
+    evals = policy.augment(images, False, None)
+    assert torch.allclose(evals[0], evals[1]) and torch.allclose(evals, policy.augment(images, False, None))
+
+
+def test_schedules():
+    cfg = TrainConfig(lr=1e-4, warmup_steps=500)
+    assert lr_at(0, 10_000, cfg) == 0 and lr_at(250, 10_000, cfg) == pytest.approx(5e-5)
+    assert lr_at(500, 10_000, cfg) == pytest.approx(1e-4) and lr_at(10_000, 10_000, cfg) == pytest.approx(0)
+    assert ema_decay(0, cfg) == 0 and ema_decay(1, cfg) == pytest.approx(1 - 2 ** -0.75)
+    assert ema_decay(10 ** 9, cfg) == 0.9999
+
+
+def test_training_learns_and_checkpoints_load_safely(stores, tmp_path):
+    result = train(stores["overlay"], "overlay_current", tmp_path / "run", replace(TINY, epochs=4, lr=3e-3))
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < 0.85 * losses[0]
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 5000
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2, 3]
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert "latest.ckpt" in ckpts and len(ckpts) == 3  # latest + top-2
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "latest.ckpt", weights_only=True)
+    assert saved["epoch"] == 4 and saved["ema_step"] == saved["step"] == result.steps
+    policy = load_policy(result.best)
+    data = ReplayData(stores["overlay"], "overlay_current")
+    obs = data.windows([0], 8, 2, 8).batch(torch.arange(3))["obs"]
+    assert policy.predict_action(obs, steps=2).shape == (3, 8, 14)
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(stores, tmp_path):
+    cfg = replace(TINY, epochs=3)
+    whole = train(stores["overlay"], "overlay_initial_current", tmp_path / "whole", cfg)
+
+    calls = {"n": 0}
+
+    def kill_in_epoch_two(info):
+        calls["n"] += 1
+        if info["epoch"] == 2 and calls["n"] % 3 == 0:
+            raise KeyboardInterrupt  # stands in for a kill mid-epoch: latest.ckpt is from epoch 1
+
+    with pytest.raises(KeyboardInterrupt):
+        train(stores["overlay"], "overlay_initial_current", tmp_path / "split", cfg, progress=kill_in_epoch_two)
+    resumed = train(stores["overlay"], "overlay_initial_current", tmp_path / "split", cfg)
+    a = torch.load(tmp_path / "whole/checkpoints/latest.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "split/checkpoints/latest.ckpt", weights_only=True)
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+    assert a["ema_step"] == b["ema_step"] and a["topk"] == b["topk"]
+    assert [h["loss"] for h in whole.history] == [h["loss"] for h in resumed.history]
+    kept = sorted(p.name for p in (tmp_path / "split/checkpoints").glob("epoch=*.ckpt"))
+    assert kept == sorted(name for _, name in b["topk"])
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(stores, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    cfg = replace(TINY, epochs=2)
+
+    def stop_in_epoch_one(info):
+        if info["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(stores["original"], "original", run, cfg, progress=stop_in_epoch_one)
+    before = (run / "checkpoints/latest.ckpt").read_bytes()
+    original = ManiFlowPolicy.compute_loss
+
+    def poisoned(self, *args, **kwargs):
+        loss, metrics = original(self, *args, **kwargs)
+        return loss * float("nan"), metrics
+
+    monkeypatch.setattr(ManiFlowPolicy, "compute_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="loss is nan at epoch 1"):
+        train(stores["original"], "original", run, cfg)
+    assert (run / "checkpoints/latest.ckpt").read_bytes() == before
+
+
+def test_a_run_directory_refuses_another_configuration(stores, tmp_path):
+    train(stores["original"], "original", tmp_path / "run", replace(TINY, epochs=1))
+    with pytest.raises(ValueError, match="another configuration"):
+        train(stores["original"], "original", tmp_path / "run", replace(TINY, epochs=1, lr=5e-4))
+
+
+def test_cli_train_runs_resumes_and_reports_progress_when_piped(stores, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    maniflow = str(Path(sys.executable).with_name("maniflow"))
+    work = stores["original"].parent.parent
+    log = tmp_path / "train.log"
+    cmd = [maniflow, "train", "--work", str(work), "--env", ENV, "--task", TASK, "--condition", "original",
+           "--preset", "demo", "--epochs", "1", "--batch-size", "16", "--run", str(tmp_path / "run")]
+    with open(log, "w") as f:  # piped to a file, as under nohup
+        assert subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=300).returncode == 0
+    text = log.read_text()
+    assert "train run [" in text and "epoch 1/1 loss" in text and "done: 1 epochs" in text
+    assert (tmp_path / "run/checkpoints/latest.ckpt").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "done: 1 epochs" in again.stdout
