@@ -55,7 +55,10 @@ def load_encoder_weights(model: nn.Module, path: Path, in_chans: int) -> None:
     if conv is not None and conv.shape[1] != in_chans:  # e.g. 6-channel concat input: tile RGB
         reps = math.ceil(in_chans / conv.shape[1])
         state["conv1.weight"] = conv.repeat(1, reps, 1, 1)[:, :in_chans] * (conv.shape[1] / in_chans)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: does not fit the encoder: {str(e).splitlines()[-1].strip()}") from None
     if missing:
         raise ValueError(f"{path}: encoder weights lack {len(missing)} tensors, e.g. {missing[:3]}")
     log.info("image encoder: loaded %s (%d tensors ignored)", path, len(unexpected))

@@ -200,3 +200,29 @@ def test_cli_train_runs_resumes_and_reports_progress_when_piped(stores, tmp_path
     assert (tmp_path / "run/checkpoints/latest.ckpt").exists()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "done: 1 epochs" in again.stdout
+
+
+def test_encoder_weights_load_from_a_local_file_only(tmp_path, caplog):
+    import logging
+
+    import timm
+
+    from maniflow.model import make_encoder
+
+    source = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    state = {f"convnet.{k}": v for k, v in source.state_dict().items()}  # R3M's key prefix
+    torch.save(state, tmp_path / "r3m.pt")
+    enc = make_encoder("resnet18", 3, tmp_path / "r3m.pt")
+    assert torch.equal(enc.conv1.weight, source.conv1.weight)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.modules())  # GroupNorm instead
+    six = make_encoder("resnet18", 6, tmp_path / "r3m.pt")  # concat input: RGB filters tiled and halved
+    assert torch.allclose(six.conv1.weight[:, 3:], source.conv1.weight / 2)
+    with caplog.at_level(logging.INFO, "maniflow.model"):
+        make_encoder("resnet18", 3, None)
+    assert "random initialisation" in caplog.text
+    torch.save({"layer1.0.conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pt")
+    with pytest.raises(ValueError, match="wrong.pt: does not fit the encoder"):
+        make_encoder("resnet18", 3, tmp_path / "wrong.pt")
+    torch.save({"conv1.weight": source.conv1.weight}, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match="partial.pt: encoder weights lack"):
+        make_encoder("resnet18", 3, tmp_path / "partial.pt")
