@@ -147,7 +147,8 @@ def cmd_paths(args) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     provider = ProviderConfig(kind=args.provider, model=args.model, max_tokens=args.max_tokens,
-                              jpeg_quality=args.jpeg_quality, oracle_points=args.points, label=args.label)
+                              jpeg_quality=args.jpeg_quality, oracle_points=args.points, label=args.label,
+                              coords=args.coords)
     client = None
     if args.provider != "oracle":
         client = ClientConfig(endpoints=args.endpoints, in_flight=args.in_flight, timeout_s=args.timeout,
@@ -346,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points", type=int, default=10, help="oracle: points per path (default %(default)s)")
     p.add_argument("--fallback", choices=("nearest", "previous", "none"), default="nearest",
                    help="path for frames without a usable answer (default %(default)s)")
+    p.add_argument("--coords", choices=("unit", "thousand", "pixel"), default="unit",
+                   help="coordinates the model answers in: unit 0-1 (HAMSTER, PEEK), thousand 0-1000 "
+                   "(Qwen-VL style), pixel (of the image sent); changing it re-parses stored answers "
+                   "without asking again (default %(default)s)")
     p.add_argument("--in-flight", type=int, default=1, help="requests at a time per endpoint (default %(default)s)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default %(default)s)")
     p.add_argument("--attempts", type=int, default=5, help="tries per frame (default %(default)s)")

@@ -93,3 +93,17 @@ def test_reply_content_as_list_of_parts_or_string():
     assert reply_text(hamster) == reply_text(openai) == "<ans>[(0.1, 0.2)]</ans>"
     with pytest.raises(ValueError, match="no choices"):
         reply_text({"error": "boom"})
+
+
+def test_other_coordinate_conventions_are_rescaled_not_dropped():
+    from maniflow.paths.store import parse_answer
+
+    text = "<ans>[(250, 320), <action>Open Gripper</action>, (740, 210)]</ans>"
+    assert parse_hamster(text).status == "failed"  # read as 0-1 they are far out of range
+    thousand = parse_answer(text, "hamster", 320, 240, "thousand")
+    assert thousand.status == "ok" and thousand.points == [(0.25, 0.32, 1), (0.74, 0.21, 1)]
+    pixel = parse_answer("<ans>[(160, 120), (320, 0)]</ans>", "hamster", 320, 240, "pixel")
+    assert pixel.points == [(0.5, 0.5, 0), (1.0, 0.0, 0)]
+    # PEEK pixels are of the 384x384 crop: its centre is the frame's centre.
+    peek = parse_answer("TRAJECTORY: <ans>[(192, 192)]</ans>", "peek", 320, 240, "pixel")
+    assert peek.points == [(0.5, 0.5, None)]

@@ -23,7 +23,7 @@ from maniflow.paths.client import Answer, ClientConfig, Job, PathClient
 from maniflow.paths.oracle import active_arm, oracle_paths
 from maniflow.paths.protocol import VLM_KINDS, WIRES, format_hamster_answer, jpeg_data_url, prepare_image, \
     request_body
-from maniflow.paths.store import FALLBACKS, Journal, PathStore, path_store_dir
+from maniflow.paths.store import COORDS, FALLBACKS, Journal, PathStore, path_store_dir
 from maniflow.robotwin import ARMS
 
 log = logging.getLogger("maniflow.paths")
@@ -42,10 +42,13 @@ class ProviderConfig:
     jpeg_quality: int = 90
     oracle_points: int = 10
     label: str | None = None  # store name; defaults to the kind
+    coords: str = "unit"  # the answers' coordinates: unit (0-1), thousand (0-1000) or pixel
 
     def __post_init__(self):
         if self.kind not in PROVIDERS:
             raise ValueError(f"provider {self.kind!r}: choose from {PROVIDERS}")
+        if self.coords not in COORDS:
+            raise ValueError(f"coords {self.coords!r}: choose from {COORDS}")
 
     @property
     def name(self) -> str:
@@ -147,7 +150,7 @@ def label_paths(work, env: str, task: str, provider: ProviderConfig, client: Cli
     # Fully answered episodes only need their file (re)written when a journal holds answers not
     # yet in it or the fallback changed.
     for ep in todo:
-        if not ep.missing and not store.is_finished(ep.number, fallback):
+        if not ep.missing and not store.is_finished(ep.number, fallback, provider.coords):
             finish(ep)
     todo = [ep for ep in todo if ep.missing]
     report.asked = sum(len(ep.missing) for ep in todo)
@@ -208,7 +211,7 @@ def finish_episode(store: PathStore, frames: FramesStore, index: int, provider: 
             "instruction": _instruction(record, attrs["task"])}
     return store.finish(int(frames.episode_index[index]), record["frames"], answers, errors or {},
                         answer_format=provider.answer_format, width=width, height=height,
-                        fallback=fallback, meta=meta)
+                        fallback=fallback, meta=meta, coords=provider.coords)
 
 
 def _instruction(record: dict, task: str) -> str:

@@ -46,22 +46,22 @@ class ParsedPath:
     reason: str | None = None  # why it failed
 
 
-def parse_hamster(text: str) -> ParsedPath:
+def parse_hamster(text: str, scale: tuple[float, float] = (1.0, 1.0)) -> ParsedPath:
     """`<ans>[(x, y), ..., <action>Close Gripper</action>, ...]</ans>` -> points with gripper states.
 
     The state starts closed (0); a tag sets the state of the point just before it and of the
-    following points.
+    following points. `scale` divides the coordinates (e.g. 1000 for 0-1000 answers).
     """
-    return _parse(text, gripper=True)
+    return _parse(text, gripper=True, scale=scale)
 
 
-def parse_peek(text: str) -> ParsedPath:
+def parse_peek(text: str, scale: tuple[float, float] = (1.0, 1.0)) -> ParsedPath:
     """`TRAJECTORY: <ans>[...]</ans> MASK: <ans>[...]</ans>` -> trajectory points, no gripper
     states, in coordinates of the image sent (the square crop; see `protocol.crop_to_frame`)."""
-    return _parse(text, gripper=False)
+    return _parse(text, gripper=False, scale=scale)
 
 
-def _parse(text: str, gripper: bool) -> ParsedPath:
+def _parse(text: str, gripper: bool, scale: tuple[float, float]) -> ParsedPath:
     if not text or not text.strip():
         return ParsedPath(FAILED, reason="empty answer")
     repairs: list[str] = []
@@ -79,7 +79,7 @@ def _parse(text: str, gripper: bool) -> ParsedPath:
         if m["point"]:
             if m["open"] == "[":
                 _note(repairs, "[x, y] pairs read as points")
-            points.append([float(m["x"]), float(m["y"]), state if gripper else None])
+            points.append([float(m["x"]) / scale[0], float(m["y"]) / scale[1], state if gripper else None])
         elif m["tag"]:
             if not gripper:
                 _note(repairs, "action tags ignored (no gripper states in this format)")

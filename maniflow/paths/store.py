@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from maniflow.paths.parse import FAILED, OK, REPAIRED, ParsedPath, parse_hamster, parse_peek
-from maniflow.paths.protocol import Point, crop_to_frame
+from maniflow.paths.protocol import PEEK_SIZE, Point, crop_to_frame
 from maniflow.storage import code_version, temp_sibling, write_json
 
 log = logging.getLogger("maniflow.paths")
@@ -48,13 +48,21 @@ def path_store_dir(work, label: str, env: str, task: str, camera: str = "head") 
     return Path(work) / "paths" / label / env / name
 
 
-def parse_answer(text: str, answer_format: str, width: int, height: int) -> ParsedPath:
-    """Raw answer -> path in full-frame coordinates (PEEK answers are relative to the crop)."""
+COORDS = ("unit", "thousand", "pixel")
+
+
+def parse_answer(text: str, answer_format: str, width: int, height: int, coords: str = "unit") -> ParsedPath:
+    """Raw answer -> path in full-frame coordinates (PEEK answers are relative to the crop).
+
+    `coords` is the answers' convention: unit (0-1, as HAMSTER and PEEK are asked), thousand
+    (0-1000, as Qwen-VL models tend to answer) or pixel (of the image sent)."""
+    sent = (PEEK_SIZE, PEEK_SIZE) if answer_format == "peek" else (width, height)
+    scale = {"unit": (1.0, 1.0), "thousand": (1000.0, 1000.0), "pixel": sent}[coords]
     if answer_format == "peek":
-        parsed = parse_peek(text)
+        parsed = parse_peek(text, scale)
         parsed.points = crop_to_frame(parsed.points, width, height)
         return parsed
-    return parse_hamster(text)
+    return parse_hamster(text, scale)
 
 
 def fallback_sources(usable: np.ndarray, mode: str) -> np.ndarray:
@@ -150,24 +158,27 @@ class PathStore:
                     answers[entry["frame"]] = _answer_fields(entry)
         return answers
 
-    def is_finished(self, episode: int, fallback: str) -> bool:
-        """The episode's file is written with this fallback and no answers wait in a journal."""
+    def is_finished(self, episode: int, fallback: str, coords: str = "unit") -> bool:
+        """The episode's file is written with this fallback and coordinate convention, and no
+        answers wait in a journal."""
         final = self.episode_file(episode)
         if not final.exists() or self.journal_file(episode).exists():
             return False
-        return json.loads(final.read_text()).get("fallback") == fallback
+        record = json.loads(final.read_text())
+        return record.get("fallback") == fallback and record.get("coords", "unit") == coords
 
     def journal(self, episode: int, fingerprint) -> "Journal":
         return Journal(self.journal_file(episode), fingerprint)
 
     def finish(self, episode: int, num_frames: int, answers: dict[int, dict], errors: dict[int, str],
-               *, answer_format: str, width: int, height: int, fallback: str, meta: dict) -> dict:
+               *, answer_format: str, width: int, height: int, fallback: str, meta: dict,
+               coords: str = "unit") -> dict:
         """Parse every answer, apply the fallback and write the episode's file atomically.
         Returns the episode's statistics."""
         parsed: list[ParsedPath | None] = [None] * num_frames
         for t, a in answers.items():
             if 0 <= t < num_frames:
-                parsed[t] = parse_answer(a["raw"], answer_format, width, height)
+                parsed[t] = parse_answer(a["raw"], answer_format, width, height, coords)
         usable = np.array([p is not None and p.status != FAILED for p in parsed], bool)
         source = fallback_sources(usable, fallback)
         frames = []
@@ -184,7 +195,7 @@ class PathStore:
             frames.append(entry)
         stats = _episode_stats(frames)
         record = {"format": FORMAT, "version": FORMAT_VERSION, "episode": episode, **meta,
-                  "image_size": [width, height], "fallback": fallback, "stats": stats,
+                  "image_size": [width, height], "fallback": fallback, "coords": coords, "stats": stats,
                   "code_version": code_version()}
         _write_frames_json(self.episode_file(episode), record, frames)
         self.journal_file(episode).unlink(missing_ok=True)
