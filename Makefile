@@ -36,6 +36,7 @@ demo: $(STAMP)
 	$(BIN)/maniflow render --work $(WORK) --label hamster --workers 2
 	$(BIN)/maniflow inspect $(WORK)/datasets/cluttered_overlay_open_microwave.zarr
 	$(BIN)/maniflow train --work $(WORK) --env cluttered --task click_bell --condition overlay_initial_current --preset demo
+	$(BIN)/maniflow inspect $(WORK)/runs/cluttered_overlay_initial_current_click_bell_demo_seed0
 
 # Path labelling over real HTTP: four loopback servers speaking the HAMSTER protocol (answers
 # from the oracle, VLM_LATENCY seconds each, one request at a time), as four GPUs would serve.

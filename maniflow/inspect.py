@@ -25,6 +25,8 @@ def describe(path) -> str:
         return describe_episode(path)
     if path.is_dir() and (path / "provider.json").exists():
         return describe_paths(path)
+    if path.is_dir() and (path / "checkpoints").is_dir() and (path / "config.json").exists():
+        return describe_run(path)
     if path.is_dir() and ((path / ".zgroup").exists() or (path / "zarr.json").exists()):
         return describe_zarr(path)
     if path.is_dir():
@@ -68,6 +70,28 @@ def describe_paths(path: Path) -> str:
     for title, counts in (("repairs", t["repairs"]), ("failures", t["reasons"])):
         for name, n in Counter(counts).most_common(5):
             lines.append(f"  {title[:-1]}: {n} x {name}")
+    return "\n".join(lines)
+
+
+def describe_run(path: Path) -> str:
+    """A training run: what it trains on, how far it got, its best checkpoints."""
+    config = json.loads((path / "config.json").read_text())
+    t = config["train"]
+    p = t["policy"]
+    lines = [f"training run {path}", f"  {config['condition']} on {config['store']}",
+             f"  encoder {p['encoder']} at {p['image_size']} px, DiTX {p['depth']} x {p['heads']} x {p['dim']}, "
+             f"batch {t['batch_size']}, {t['epochs']} epochs, lr {t['lr']}, seed {t['seed']}"]
+    metrics = path / "metrics.jsonl"
+    history = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    if history:
+        last = history[-1]
+        val = [h["val_loss"] for h in history if h["val_loss"] is not None]
+        lines.append(f"  {last['epoch'] + 1}/{t['epochs']} epochs, {last['step']} steps; loss "
+                     f"{history[0]['loss']:.4f} -> {last['loss']:.4f}"
+                     + (f"; best validation {min(val):.6f}" if val else "")
+                     + f"; {last['samples_per_s']} samples/s")
+    for ckpt in sorted((path / "checkpoints").glob("*.ckpt")):
+        lines.append(f"    {ckpt.name} ({_fmt_bytes(ckpt.stat().st_size)})")
     return "\n".join(lines)
 
 

@@ -153,6 +153,8 @@ def train(store: Path, condition: str, run: Path, cfg: TrainConfig = PRESETS["pa
         opt.load_state_dict(saved["optimizer"])
         gen.set_state(saved["generator"].cpu())
         torch.set_rng_state(saved["torch_rng"].cpu())
+        if device.type == "cuda" and saved.get("cuda_rng") is not None:  # dropout draws on the GPU
+            torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), device)
         state = {k: saved[k] for k in state}
         _drop_stale_topk(ckpts, state["topk"])
         log.info("resuming %s at epoch %d (step %d)", run, state["epoch"], state["step"])
@@ -229,6 +231,7 @@ def validation_loss(model: ManiFlowPolicy, windows: Windows, cfg: TrainConfig) -
 def _checkpoint(policy, ema, opt, gen, state, config_record) -> dict:
     return {"model": policy.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "config": config_record,
+            "cuda_rng": torch.cuda.get_rng_state(gen.device) if gen.device.type == "cuda" else None,
             "policy": asdict(policy.cfg),
             **{k: state[k] for k in ("epoch", "step", "ema_step", "topk", "history")}}
 

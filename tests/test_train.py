@@ -200,6 +200,8 @@ def test_cli_train_runs_resumes_and_reports_progress_when_piped(stores, tmp_path
     assert (tmp_path / "run/checkpoints/latest.ckpt").exists()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "done: 1 epochs" in again.stdout
+    text = subprocess.run([maniflow, "inspect", str(tmp_path / "run")], capture_output=True, text=True).stdout
+    assert "original on" in text and "1/1 epochs" in text and "latest.ckpt" in text
 
 
 def test_encoder_weights_load_from_a_local_file_only(tmp_path, caplog):
