@@ -153,7 +153,8 @@ def cmd_paths(args) -> int:
     if args.provider != "oracle":
         client = ClientConfig(endpoints=args.endpoints, in_flight=args.in_flight, timeout_s=args.timeout,
                               max_attempts=args.attempts, give_up_after_s=args.give_up,
-                              probe_after_s=args.probe_after, api_key_env=args.api_key_env)
+                              probe_after_s=args.probe_after, api_key_env=args.api_key_env,
+                              slot_dir=str(args.slot_dir) if args.slot_dir else None)
     pairs = _frames_stores(args.work, args.envs, args.tasks, args.camera)
     if not pairs:
         print(f"no frames stores under {Path(args.work) / 'frames'} for these envs/tasks; run maniflow extract",
@@ -361,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop when no endpoint answered for this many seconds (default %(default)s)")
     p.add_argument("--api-key-env", default=None,
                    help="environment variable holding a bearer token for the server (never logged)")
+    p.add_argument("--slot-dir", type=Path, default=None,
+                   help="share the endpoints' --in-flight limits with other processes on this host "
+                   "(e.g. several maniflow paths at once) through lock files in this directory")
     p.set_defaults(func=cmd_paths)
 
     p = sub.add_parser("serve-paths", help="loopback path server (HAMSTER/PEEK/OpenAI protocol, oracle answers)",

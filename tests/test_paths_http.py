@@ -248,3 +248,19 @@ def test_cli_labels_with_a_progress_line_and_endpoint_ranges(work_copy, path_ser
                           capture_output=True, text=True, timeout=60).stdout
     assert "provider kind hamster, model HAMSTER_dev" in text
     assert f"3 episodes, {summary['total']['frames']} frames: ok {summary['total']['ok']}" in text
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_in_flight_limits_hold_across_processes_sharing_a_slot_dir(work_copy, path_server, tmp_path, shared):
+    server = path_server(work_copy, 1, "--latency", 0.03)
+    procs = [subprocess.Popen([MANIFLOW, "paths", "--work", str(work_copy), "--envs", env, "--tasks", "click_bell",
+                               "--episodes", "0", "--endpoints", server.urls[0],
+                               *(["--slot-dir", str(tmp_path / "slots")] if shared else [])],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for env in ("clean", "cluttered")]
+    assert [p.wait(120) for p in procs] == [0, 0]
+    stats = server.stats()
+    assert stats["answered"] > 60
+    # Two processes, one endpoint that takes one request at a time: with a shared slot directory
+    # the server never sees two at once; without, it does (the check can fail).
+    assert stats["max_in_flight"] == (1 if shared else 2)

@@ -13,17 +13,25 @@ error. A job that fails `max_attempts` times ends with an error outcome; the run
 
 Jobs come from a plain iterator advanced in a thread, so reading frames and encoding JPEGs
 overlap with the network, and only a bounded number of encoded requests exist at once.
+
+Several processes on one host (Dask workers, parallel `maniflow paths`) share the endpoints'
+in-flight limits through `slot_dir`: a request is sent only while holding one of the
+endpoint's `in_flight` lock files there (fcntl locks, released by the OS if a process dies).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import os
 import random
 import time
 from collections.abc import Callable, Hashable, Iterator
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import httpx
@@ -47,6 +55,7 @@ class ClientConfig:
     probe_max_s: float = 60.0
     give_up_after_s: float = 60.0
     api_key_env: str | None = None  # name of the environment variable holding a bearer token
+    slot_dir: str | None = None  # lock-file directory shared by processes that share the endpoints
 
     def __post_init__(self):
         if not self.endpoints:
@@ -107,6 +116,34 @@ class EndpointState:
                 "usable": not (self.dead or self.ejected), "last_error": self.last_error}
 
 
+class FileSlots:
+    """At most `limit` requests in flight per endpoint across every process using `directory`."""
+
+    def __init__(self, directory, limit: int):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.limit = limit
+
+    @contextlib.asynccontextmanager
+    async def hold(self, url: str):
+        key = hashlib.sha256(url.encode()).hexdigest()[:16]
+        while True:
+            for i in range(self.limit):
+                fd = os.open(self.dir / f"{key}-{i}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    os.close(fd)
+                return
+            await asyncio.sleep(random.uniform(0.002, 0.01))
+
+
 def completions_url(base: str) -> str:
     """`{base}/chat/completions`; the base carries `/v1` for OpenAI-compatible servers."""
     return base.rstrip("/") + "/chat/completions"
@@ -116,6 +153,7 @@ class PathClient:
     def __init__(self, config: ClientConfig):
         self.config = config
         self.endpoints = [EndpointState(url) for url in config.endpoints]
+        self.slots = FileSlots(config.slot_dir, config.in_flight) if config.slot_dir else None
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
@@ -215,9 +253,10 @@ class PathClient:
             job = await self._queue.get()
             probe = ep.probing
             ep.requests += 1
-            start = time.monotonic()
             try:
-                text = await self._post(http, ep, job)
+                async with self.slots.hold(ep.url) if self.slots else contextlib.nullcontext():
+                    start = time.monotonic()
+                    text = await self._post(http, ep, job)
             except _Misconfigured as e:
                 ep.dead, ep.last_error = True, str(e)
                 log.error("endpoint %s taken out of this run: %s", ep.url, e)

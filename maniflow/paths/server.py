@@ -195,7 +195,8 @@ class _State:
         self.rng = random.Random(port_seed)
         self.lock = asyncio.Lock()
         self.counts = {"requests": 0, "answered": 0, "errors": 0, "hangs": 0, "malformed": 0,
-                       "truncated": 0, "rejected": 0}
+                       "truncated": 0, "rejected": 0, "max_in_flight": 0}
+        self.in_flight = 0
 
 
 def make_app(index: OracleIndex, faults: Faults = Faults(), models: tuple[str, ...] = (), port_seed: int = 0,
@@ -204,6 +205,15 @@ def make_app(index: OracleIndex, faults: Faults = Faults(), models: tuple[str, .
     state = _State(index, faults, models, port_seed, api_key)
 
     async def completions(request: Request, string_content: bool):
+        """Count concurrent requests (a client must not send more than the server handles)."""
+        state.in_flight += 1
+        state.counts["max_in_flight"] = max(state.counts["max_in_flight"], state.in_flight)
+        try:
+            return await answer(request, string_content)
+        finally:
+            state.in_flight -= 1
+
+    async def answer(request: Request, string_content: bool):
         counts = state.counts
         counts["requests"] += 1
         if state.api_key and request.headers.get("authorization") != f"Bearer {state.api_key}":
