@@ -112,6 +112,22 @@ def _image_array(group_dir: Path, name: str, rows: int, config: DatasetConfig):
                              dtype=config.dtype, compressors=config.compressor(), zarr_format=2)
 
 
+def render_inputs(work, env: str, task: str, label: str, index: int, config: DatasetConfig,
+                  frames: FramesStore | None = None) -> dict:
+    """What the parts of the index-th episode are made from: {"original": ..., label: ...}.
+    Parts are redrawn when these change (and a cache key can be built from them)."""
+    frames = frames or FramesStore(frames_store_path(work, env, task))
+    number = int(frames.episode_index[index])
+    fingerprint = frames.episodes[index]["fingerprint"]
+    path_file = PathStore(path_store_dir(work, label, env, task)).episode_file(number)
+    if not path_file.exists():
+        raise FileNotFoundError(f"{path_file}: no paths for episode {number}; run maniflow paths")
+    stat = path_file.stat()
+    params = {**asdict(config), "style": STYLE_VERSION, "format_version": FORMAT_VERSION}
+    return {"original": {"fingerprint": fingerprint, "params": params},
+            label: {"fingerprint": fingerprint, "paths": [stat.st_size, stat.st_mtime_ns], "params": params}}
+
+
 def render_episode(work, env: str, task: str, label: str, index: int, config: DatasetConfig) -> dict:
     """Render the dataset parts of the index-th episode of the (env, task) frames store.
 
@@ -123,14 +139,7 @@ def render_episode(work, env: str, task: str, label: str, index: int, config: Da
     episode = frames.episodes[index]
     paths = PathStore(path_store_dir(work, label, env, task))
     path_file = paths.episode_file(number)
-    if not path_file.exists():
-        raise FileNotFoundError(f"{path_file}: no paths for episode {number}; run maniflow paths")
-    stat = path_file.stat()
-    params = {**asdict(config), "style": STYLE_VERSION, "format_version": FORMAT_VERSION}
-    wanted = {
-        "original": {"fingerprint": episode["fingerprint"], "params": params},
-        label: {"fingerprint": episode["fingerprint"], "paths": [stat.st_size, stat.st_mtime_ns], "params": params},
-    }
+    wanted = render_inputs(work, env, task, label, index, config, frames)
     parts = {which: part_dir(work, env, task, which, number) for which in wanted}
     records = {which: _read_record(p) for which, p in parts.items()}
     todo = [w for w in wanted if records[w] is None or records[w]["inputs"] != wanted[w]]
@@ -233,14 +242,25 @@ def render_task(work, env: str, task: str, label: str = DEFAULT_LABEL, config: D
     run = executor.map if executor is not None else map
     report.statuses = list(run(render_episode, *args))
     report.rows = sum(s["rows"] for s in report.statuses)
-    numbers = [s["episode"] for s in report.statuses]
-    report.stores = {kind: dataset_path(work, env, kind, task, label) for kind in TYPES}
-    for kind, store in report.stores.items():
+    report.stores, report.assembled = assemble_datasets(work, env, task, label, [s["episode"] for s in report.statuses],
+                                                        config)
+    return report
+
+
+def assemble_datasets(work, env: str, task: str, label: str, numbers: list[int],
+                      config: DatasetConfig = DatasetConfig()) -> tuple[dict[str, Path], bool]:
+    """(Re)assemble the three stores of (env, task) from the rendered parts of `numbers` where
+    they are not up to date. Returns the stores and whether any was written."""
+    frames = FramesStore(frames_store_path(work, env, task))
+    paths = PathStore(path_store_dir(work, label, env, task))
+    stores = {kind: dataset_path(work, env, kind, task, label) for kind in TYPES}
+    assembled = False
+    for kind, store in stores.items():
         signature = _parts_signature(work, env, task, label if kind != "original" else None, numbers)
         if _store_signature(store) != signature:
             assemble(work, env, task, label, kind, numbers, config, frames, paths, signature)
-            report.assembled = True
-    return report
+            assembled = True
+    return stores, assembled
 
 
 def _parts_signature(work, env, task, label: str | None, numbers) -> list:
