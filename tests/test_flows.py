@@ -107,3 +107,39 @@ def test_prepare_data_caches_and_isolates_failed_episodes(dask_address, small_ro
     assert states["extract clean/click_bell"] == "Cached"
     assert {v for k, v in states.items() if k.startswith(("paths", "render"))} == {"Completed"}
     assert Path(done.result()["clean/click_bell"]["stores"]["overlay"]).name == "clean_overlay_click_bell.zarr"
+
+
+def test_train_run_names_itself_reports_progress_and_resumes(prefect_server, small_root, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.train_run import CellParams, train_run
+    from maniflow.datasets import DatasetConfig, render_task
+    from maniflow.frames import extract_task
+    from maniflow.paths.label import ProviderConfig, label_paths
+
+    work = tmp_path / "work"
+    extract_task(small_root, work, "clean", "demo_clean", "click_bell")
+    label_paths(work, "clean", "click_bell", ProviderConfig(kind="oracle", label="hamster"))
+    render_task(work, "clean", "click_bell", config=DatasetConfig(resolution=48))
+
+    params = CellParams(work=str(work), env="clean", condition="overlay_current", task="click_bell", seed=3,
+                        preset="demo", epochs=1, device="cpu")
+    state = train_run(params, return_state=True)
+    assert state.is_completed()
+    result = state.result()
+    assert result["epochs"] == 1 and Path(result["best"]).exists()
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+        assert run.name == "train clean/overlay_current/click_bell seed 3"
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["train-clean-overlay-current-click-bell-seed3",
+                                        "train-clean-overlay-current-click-bell-seed3-loss"])))
+    kinds = {a.key: a.type for a in artifacts}
+    assert kinds == {"train-clean-overlay-current-click-bell-seed3": "progress",
+                     "train-clean-overlay-current-click-bell-seed3-loss": "markdown"}
+    # Running the cell again resumes: it is finished, so nothing is trained twice.
+    mtime = (Path(result["run"]) / "checkpoints" / "latest.ckpt").stat().st_mtime_ns
+    again = train_run(params, return_state=True).result()
+    assert again["steps"] == result["steps"]
+    assert (Path(result["run"]) / "checkpoints" / "latest.ckpt").stat().st_mtime_ns == mtime
