@@ -131,6 +131,7 @@ class _Progress:
 
 
 def _frames_stores(work, envs, tasks, camera: str) -> list[tuple[str, str]]:
+    """The (env, task) pairs with a frames store under `work`; FileNotFoundError if none."""
     found = []
     for env in envs or ENVS:
         for path in sorted((Path(work) / "frames" / env).glob("*.zarr")):
@@ -138,6 +139,9 @@ def _frames_stores(work, envs, tasks, camera: str) -> list[tuple[str, str]]:
             task, _, cam = name.partition("@")
             if (cam or "head") == camera and (not tasks or task in tasks):
                 found.append((env, task))
+    if not found:
+        raise FileNotFoundError(f"no frames stores under {Path(work) / 'frames'} for these envs/tasks; "
+                                "run maniflow extract")
     return found
 
 
@@ -156,10 +160,6 @@ def cmd_paths(args) -> int:
                               probe_after_s=args.probe_after, api_key_env=args.api_key_env,
                               slot_dir=str(args.slot_dir) if args.slot_dir else None)
     pairs = _frames_stores(args.work, args.envs, args.tasks, args.camera)
-    if not pairs:
-        print(f"no frames stores under {Path(args.work) / 'frames'} for these envs/tasks; run maniflow extract",
-              file=sys.stderr)
-        return 1
     status = 0
     for env, task in pairs:
         try:
@@ -212,10 +212,6 @@ def cmd_render(args) -> int:
 
     config = DatasetConfig(resolution=args.resolution, dtype=args.dtype)
     pairs = _frames_stores(args.work, args.envs, args.tasks, "head")
-    if not pairs:
-        print(f"no frames stores under {Path(args.work) / 'frames'} for these envs/tasks; run maniflow extract",
-              file=sys.stderr)
-        return 1
     previews = Path(args.work) / "datasets" / "previews"
     suffix = "" if args.label == DEFAULT_LABEL else f"-{args.label}"
     start = time.perf_counter()
