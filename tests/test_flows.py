@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -143,3 +144,45 @@ def test_train_run_names_itself_reports_progress_and_resumes(prefect_server, sma
     again = train_run(params, return_state=True).result()
     assert again["steps"] == result["steps"]
     assert (Path(result["run"]) / "checkpoints" / "latest.ckpt").stat().st_mtime_ns == mtime
+
+
+def test_deploy_from_prefect_yaml_and_run_on_a_process_worker(prefect_server, small_root, tmp_path):
+    """`prefect --no-prompt deploy --all` from the project root, a process worker polling the
+    pool, and a deployment run: the way the user runs the pipeline."""
+    from prefect.client.orchestration import get_client
+
+    project = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "MANIFLOW_DATA": str(small_root), "MANIFLOW_WORK": str(tmp_path / "work")}
+
+    def prefect(*args, timeout=180):
+        result = subprocess.run([PREFECT, "--no-prompt", *args], cwd=project, env=env, capture_output=True,
+                                text=True, timeout=timeout)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    prefect("work-pool", "create", "maniflow", "--type", "process", "--overwrite")
+    out = prefect("deploy", "--all")
+    for name in ("prepare-data/all", "prepare-data/demo", "train-run/cell", "train-run/demo"):
+        assert f"Deployment '{name}' successfully created" in out
+    log = open(tmp_path / "worker.log", "w")
+    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "maniflow", "--limit", "1"], cwd=tmp_path,
+                              env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        params = json.dumps({"provider": "oracle", "envs": ["clean"], "tasks": ["click_bell"], "resolution": 48,
+                             "root": str(small_root), "work": str(tmp_path / "work")})
+        out = prefect("deployment", "run", "prepare-data/demo", "--param", f"params={params}")
+        run_id = out.split("UUID: ")[1].split()[0]
+        deadline = time.monotonic() + 300
+        with get_client(sync_client=True) as client:
+            while True:  # poll the state (`prefect flow-run watch` can drop its stream)
+                state = client.read_flow_run(run_id).state
+                if state.is_final():
+                    break
+                assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-3000:]
+                time.sleep(2)
+        assert state.is_completed(), (tmp_path / "worker.log").read_text()[-3000:]
+        assert (tmp_path / "work/datasets/clean_overlay-oracle_click_bell.zarr").exists()
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        log.close()
