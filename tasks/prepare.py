@@ -84,8 +84,10 @@ def _label_key(ctx, p) -> str:
 def label_episode(work: str, env: str, task_name: str, number: int, provider: ProviderConfig,
                   client: ClientConfig | None, fallback: str = "nearest") -> dict:
     """Label one episode; fails (and is retried) while frames still have no answer."""
-    report = label_paths(work, env, task_name, provider, client, fallback=fallback, episodes=[number])
-    stats = PathStore(report.store).read(number).record["stats"]
+    # The task's summary.json is written once, by `assemble`, not by every episode.
+    report = label_paths(work, env, task_name, provider, client, fallback=fallback, episodes=[number],
+                         summary=False)
+    stats = report.total
     if stats["error"]:
         raise PathsIncomplete(f"{env}/{task_name} episode {number}: {stats['error']} frames got no answer "
                               f"({stats['reasons']}); the answered ones are kept")
@@ -114,7 +116,10 @@ def render(work: str, env: str, task_name: str, label: str, number: int, config:
 @task(name="assemble", persist_result=False, task_run_name="assemble {env}/{task_name}")
 def assemble(work: str, env: str, task_name: str, label: str, numbers: list[int], config: DatasetConfig,
              rendered: list[dict] | None = None) -> dict:
-    """Write the original, overlay and concat stores (a no-op when they are up to date)."""
+    """Write the task's path summary and the original, overlay and concat stores (a no-op when
+    they are up to date)."""
+    PathStore(path_store_dir(work, label, env, task_name)).write_summary(
+        {"env": env, "task": task_name, "camera": "head"})
     stores, assembled = assemble_datasets(work, env, task_name, label, numbers, config)
     return {"stores": {k: str(v) for k, v in stores.items()}, "assembled": assembled,
             "paths": str(path_store_dir(work, label, env, task_name))}

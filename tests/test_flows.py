@@ -85,6 +85,8 @@ def test_prepare_data_caches_and_isolates_failed_episodes(dask_address, small_ro
     assert first.is_completed()
     stores = first.result()["clean/click_bell"]["stores"]
     assert all(Path(p).exists() for p in stores.values())
+    summary = json.loads((work / "paths/oracle/clean/click_bell/summary.json").read_text())
+    assert len(summary["episodes"]) == 3 and summary["total"]["ok"] == summary["total"]["frames"] > 0
     again = prepare_data(PrepareParams(**base, provider="oracle"), return_state=True)
     states = _task_states(again.state_details.flow_run_id)
     assert {v for k, v in states.items() if not k.startswith("assemble")} == {"Cached"}

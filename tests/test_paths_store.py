@@ -170,3 +170,12 @@ def test_import_rejects_a_malicious_pickle_by_name(work_copy, tmp_path):
     bad.write_bytes(pickle.dumps([(0.1,), (0.2, 0.3)]))
     with pytest.raises(UnsafePickleError, match=r"point 0 is \(0.1,\)"):
         read_path_pickle(bad)
+
+
+def test_per_episode_labelling_can_leave_the_summary_to_the_caller(work_copy):
+    report = label_paths(work_copy, "clean", "click_bell", ProviderConfig(kind="oracle"), episodes=[0],
+                         summary=False)
+    assert not (report.store / "summary.json").exists()
+    assert report.total["ok"] == report.total["frames"] == PathStore(report.store).read(0).num_frames
+    summary = PathStore(report.store).write_summary({})
+    assert summary["fallback"] == "nearest" and list(summary["episodes"]) == [0]

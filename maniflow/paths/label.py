@@ -23,7 +23,7 @@ from maniflow.paths.client import Answer, ClientConfig, Job, PathClient
 from maniflow.paths.oracle import active_arm, oracle_paths
 from maniflow.paths.protocol import VLM_KINDS, WIRES, format_hamster_answer, jpeg_data_url, prepare_image, \
     request_body
-from maniflow.paths.store import COORDS, FALLBACKS, Journal, PathStore, path_store_dir
+from maniflow.paths.store import COORDS, FALLBACKS, Journal, PathStore, merge_stats, path_store_dir
 from maniflow.robotwin import ARMS
 
 log = logging.getLogger("maniflow.paths")
@@ -113,11 +113,13 @@ class _Episode:
 
 def label_paths(work, env: str, task: str, provider: ProviderConfig, client: ClientConfig | None = None, *,
                 camera: str = "head", fallback: str = "nearest", episodes: list[int] | None = None,
-                progress: Callable[[int, int], None] | None = None) -> LabelReport:
+                progress: Callable[[int, int], None] | None = None, summary: bool = True) -> LabelReport:
     """Label the frames store of (env, task) with `provider` into the path store.
 
     `episodes` restricts to these source episode numbers. `progress(done, total)` is called as
     frames get their outcome. Returns the report; the store's summary.json holds the statistics.
+    With `summary=False` (one episode of many, e.g. a per-episode task) the summary is left to
+    the caller (`PathStore.write_summary`, once) and `total` covers the labelled episodes only.
     """
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback {fallback!r}: choose from {FALLBACKS}")
@@ -135,6 +137,7 @@ def label_paths(work, env: str, task: str, provider: ProviderConfig, client: Cli
                       store.load_answers(int(number), record["fingerprint"]))
         ep.missing = set(range(n)) - set(ep.answers)
         todo.append(ep)
+    episodes_done = list(todo)
     report = LabelReport(env, task, provider.name, store.dir, episodes=len(todo),
                          frames=sum(e.frames for e in todo))
     report.reused = sum(len(e.answers) for e in todo)
@@ -193,7 +196,11 @@ def label_paths(work, env: str, task: str, provider: ProviderConfig, client: Cli
                 for ep in pending.values():
                     if ep.journal is not None and ep.missing:
                         ep.journal.close()
-    report.total = store.write_summary({"env": env, "task": task, "camera": camera, "fallback": fallback})["total"]
+    if summary:
+        report.total = store.write_summary({"env": env, "task": task, "camera": camera,
+                                            "fallback": fallback})["total"]
+    else:
+        report.total = merge_stats(store.read(ep.number).record["stats"] for ep in episodes_done)
     report.seconds = time.perf_counter() - start
     return report
 

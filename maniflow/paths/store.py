@@ -209,11 +209,14 @@ class PathStore:
 
     def write_summary(self, extra: dict) -> dict:
         """Outcome counts per episode and in total, from the finished episode files."""
-        per_episode = {}
+        per_episode, fallbacks = {}, set()
         for n in self.episodes():
-            per_episode[n] = json.loads(self.episode_file(n).read_text())["stats"]
-        total = _merge_stats(per_episode.values())
+            record = json.loads(self.episode_file(n).read_text())
+            per_episode[n] = record["stats"]
+            fallbacks.add(record.get("fallback"))
+        total = merge_stats(per_episode.values())
         summary = {"format": FORMAT, "version": FORMAT_VERSION, "provider": self.provider(),
+                   "fallback": fallbacks.pop() if len(fallbacks) == 1 else sorted(map(str, fallbacks)),
                    **extra, "total": total, "episodes": per_episode, "code_version": code_version()}
         write_json(self.dir / "summary.json", summary)
         return summary
@@ -277,7 +280,7 @@ def _episode_stats(frames: list[dict]) -> dict:
             "repairs": dict(repairs), "reasons": dict(reasons)}
 
 
-def _merge_stats(stats) -> dict:
+def merge_stats(stats) -> dict:
     total = Counter()
     repairs, reasons = Counter(), Counter()
     for s in stats:
