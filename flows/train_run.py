@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from maniflow.datasets import DEFAULT_LABEL, dataset_path
 from maniflow.replay import CONDITIONS
-from maniflow.train import PRESETS, train
+from maniflow.train import PRESETS, run_name, train
 
 
 class CellParams(BaseModel):
@@ -35,8 +35,7 @@ class CellParams(BaseModel):
 
 
 def run_dir(p: CellParams) -> Path:
-    suffix = "" if p.label == DEFAULT_LABEL else f"-{p.label}"
-    return Path(p.work) / "runs" / f"{p.env}_{p.condition}{suffix}_{p.task}_{p.preset}_seed{p.seed}"
+    return Path(p.work) / "runs" / run_name(p.env, p.condition, p.task, p.preset, p.seed, p.label)
 
 
 def _artifact_key(p: CellParams) -> str:

@@ -181,7 +181,7 @@ def cmd_serve_paths(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     faults = Faults(latency_s=args.latency, jitter_s=args.jitter, error_rate=args.error_rate,
                     timeout_rate=args.timeout_rate, hang_s=args.hang, malformed_rate=args.malformed_rate,
-                    seed=args.seed)
+                    outage_after=args.outage_after, seed=args.seed)
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
@@ -232,9 +232,9 @@ def cmd_render(args) -> int:
 def cmd_train(args) -> int:
     from dataclasses import replace
 
-    from maniflow.datasets import DEFAULT_LABEL, dataset_path
+    from maniflow.datasets import dataset_path
     from maniflow.replay import CONDITIONS
-    from maniflow.train import PRESETS, TrainingDiverged, train
+    from maniflow.train import PRESETS, TrainingDiverged, run_name, train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = PRESETS[args.preset]
@@ -244,8 +244,8 @@ def cmd_train(args) -> int:
     if args.encoder_weights:
         cfg = replace(cfg, policy=replace(cfg.policy, encoder_weights=str(args.encoder_weights)))
     store = dataset_path(args.work, args.env, CONDITIONS[args.condition].dataset, args.task, args.label)
-    suffix = "" if args.label == DEFAULT_LABEL else f"-{args.label}"
-    run = args.run or Path(args.work) / "runs" / f"{args.env}_{args.condition}{suffix}_{args.task}_{args.preset}_seed{cfg.seed}"
+    run = args.run or Path(args.work) / "runs" / run_name(args.env, args.condition, args.task, args.preset, cfg.seed,
+                                                          args.label)
     bar = _Progress(f"train {run.name}")
     print(f"training {args.condition} on {store} -> {run}")
     try:
@@ -258,6 +258,28 @@ def cmd_train(args) -> int:
     last = result.history[-1] if result.history else {}
     print(f"done: {result.epochs} epochs, {result.steps} steps; last loss {last.get('loss', float('nan')):.4f}, "
           f"validation {last.get('val_loss')}; best checkpoint {result.best}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from maniflow.evaluate import EvalConfig, evaluate_runs
+    from maniflow.report import build_report
+    from maniflow.train import run_finished
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    runs = args.runs or sorted(p for p in (Path(args.work) / "runs").glob(f"*_{args.preset}_seed*") if p.is_dir())
+    unfinished = [r for r in runs if not run_finished(r)]
+    for r in unfinished:
+        print(f"skipping {r}: training not finished", file=sys.stderr)
+    runs = [r for r in runs if r not in unfinished]
+    if not runs:
+        raise FileNotFoundError(f"no finished runs to evaluate under {Path(args.work) / 'runs'}")
+    cfg = EvalConfig(episodes=args.episodes, seed=args.seed, execute_steps=args.execute_steps,
+                     provider=args.provider, endpoints=args.endpoints or (),
+                     offline=not args.no_offline, device=args.device)
+    records, baselines = evaluate_runs(args.work, runs, cfg)
+    report = build_report(records, baselines, args.out or Path(args.work) / "reports" / args.preset)
+    print(f"report: {report}")
     return 0
 
 
@@ -378,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-rate", type=float, default=0.0, help="share of requests that hang --hang seconds")
     p.add_argument("--hang", type=float, default=30.0, help="seconds a hanging request waits (default %(default)s)")
     p.add_argument("--malformed-rate", type=float, default=0.0, help="share of answers broken like real ones")
+    p.add_argument("--outage-after", type=int, default=None,
+                   help="answer this many requests per port, then 503 for every request (a server gone down)")
     p.add_argument("--models", type=_csv, default=(), help="accepted model names (default: any)")
     p.add_argument("--seed", type=int, default=0, help="fault injection seed (default %(default)s)")
     p.add_argument("--ready-file", type=Path, default=None, help="write {\"urls\": [...]} here once listening")
@@ -441,6 +465,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local ResNet-18 state dict (ImageNet or R3M); default random initialisation")
     p.add_argument("--run", type=Path, default=None, help="run directory (default {work}/runs/<name>)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate finished runs (offline + closed loop) and write the report",
+                       description="Evaluate every finished run under {work}/runs (or --runs): offline action error "
+                       "on the held-out cluttered episodes, closed-loop success in the synthetic environment on "
+                       "the same layouts for every cell, do-nothing and expert baselines; then write the report "
+                       "(markdown, tables, charts, roll-out strips). Results are cached per checkpoint.")
+    p.add_argument("--work", default=DEFAULT_WORK, help="work root (default %(default)s)")
+    p.add_argument("--runs", type=Path, nargs="*", default=None, help="run directories (default: all of --preset)")
+    p.add_argument("--preset", default="paper", help="which runs by default (default %(default)s)")
+    p.add_argument("--episodes", type=int, default=20, help="closed-loop episodes per cell (default %(default)s)")
+    p.add_argument("--seed", type=int, default=1000, help="evaluation layouts' seed (default %(default)s)")
+    p.add_argument("--execute-steps", type=int, default=8, help="actions executed per chunk (default %(default)s)")
+    p.add_argument("--provider", default="oracle", choices=("oracle", "hamster", "peek", "openai"),
+                   help="path source in closed loop (default %(default)s)")
+    p.add_argument("--endpoints", type=parse_endpoints, default=None,
+                   help="VLM endpoints for --provider other than oracle (host:port ranges allowed)")
+    p.add_argument("--no-offline", action="store_true", help="skip the offline metrics")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=None, help="report directory (default {work}/reports/<preset>)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("inspect", help="summarise an episode file, data root or store",
                        description="Print a human summary of a RoboTwin episode (.hdf5), a RoboTwin "

@@ -97,6 +97,18 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     return y.contiguous().numpy()
 
 
+def draw_views(frames: np.ndarray, paths: list | None) -> tuple[dict[str, np.ndarray], list[bool]]:
+    """The images of every dataset type at native resolution: image, and with paths (one per
+    frame) overlay_image and path_image. Also whether each path was drawn (False: empty)."""
+    views = {"image": frames}
+    if paths is None:
+        return views, [True] * len(frames)
+    drawn = [render_views(frame, path) for frame, path in zip(frames, paths)]
+    views["overlay_image"] = np.stack([d[0] for d in drawn])
+    views["path_image"] = np.stack([d[1] for d in drawn])
+    return views, [d[2] for d in drawn]
+
+
 def _as_dtype(chw: np.ndarray, dtype: str) -> np.ndarray:
     return chw if dtype == "uint8" else chw.astype(np.float32) / 255.0
 
@@ -168,15 +180,11 @@ def render_episode(work, env: str, task: str, label: str, index: int, config: Da
         for b0 in range(0, rows, BATCH):
             b1 = min(b0 + BATCH, rows)
             batch = rgb[start + b0:start + b1]
-            views = {}
-            if "image" in arrays:
-                views["image"] = batch
-            if "overlay_image" in arrays:
-                drawn = [render_views(frame, ep_paths[t]) for t, frame in zip(range(b0, b1), batch)]
-                views["overlay_image"] = np.stack([d[0] for d in drawn])
-                views["path_image"] = np.stack([d[1] for d in drawn])
-                empty += [t for t, d in zip(range(b0, b1), drawn) if not d[2]]
+            views, drawn = draw_views(batch, ep_paths[b0:b1] if "overlay_image" in arrays else None)
+            empty += [t for t, d in zip(range(b0, b1), drawn) if not d]
             for name, images in views.items():
+                if name not in arrays:
+                    continue
                 write_frames(arrays[name], array_dirs[name], b0,
                              _as_dtype(resize_frames(images, config.resolution), config.dtype))
         if "original" in tmps:
@@ -311,7 +319,7 @@ def assemble(work, env: str, task: str, label: str, kind: str, numbers: list[int
             "format": FORMAT, "format_version": FORMAT_VERSION, "type": kind, "env": env, "task": task,
             "image_keys": list(IMAGE_KEYS[kind]), "resolution": config.resolution, "dtype": config.dtype,
             "image_values": "0-255" if config.dtype == "uint8" else "0-1",
-            "resize": "cv2.INTER_AREA from the native frames; overlays drawn at native resolution first",
+            "resize": "antialiased bilinear from the native frames; overlays drawn at native resolution first",
             "rows": "state[t] = joint vector[t], action[t] = joint vector[t+1]; each episode's last frame dropped",
             "source": {"frames_store": str(frames.path), "synthetic": frames.attrs.get("synthetic", False),
                        "episodes": [{"episode": n, "rows": int(r["rows"]), "fingerprint": frames.episodes[

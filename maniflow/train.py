@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maniflow.datasets import DEFAULT_LABEL
 from maniflow.policy import ManiFlowPolicy, PolicyConfig
 from maniflow.replay import CONDITIONS, ReplayData, Windows
 from maniflow.storage import temp_sibling
@@ -47,6 +48,9 @@ class TrainConfig:
     ema_power: float = 0.75
     ema_max: float = 0.9999
     val_ratio: float = 0.1
+    # The store's last episodes are never trained or validated on: the offline evaluation's
+    # held-out set (the same positions in every store of a task, so every cell is judged alike).
+    holdout_episodes: int = 0
     top_k: int = 3
     seed: int = 0
     device: str = "auto"  # auto: cuda when available
@@ -54,16 +58,34 @@ class TrainConfig:
 
 PRESETS = {
     # The user's settings (seed config): 8 layers, 8 heads, width 512, 224x224, horizon 16.
-    "paper": TrainConfig(),
-    # Same code at toy sizes: about a minute on 2 CPU cores for a demo dataset, and it learns.
+    "paper": TrainConfig(holdout_episodes=5),
+    # Same code at toy sizes: about a minute on 2 CPU cores for a demo cell, and it learns.
     "demo": TrainConfig(policy=PolicyConfig(image_size=64, encoder="test_resnet", dim=128, depth=2, heads=4,
                                             dropout=0.0, inference_steps=2),
-                        batch_size=32, epochs=6, lr=3e-4, warmup_steps=20, top_k=2),
+                        batch_size=32, epochs=30, lr=3e-4, warmup_steps=20, top_k=2, holdout_episodes=2),
 }
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+def run_name(env: str, condition: str, task: str, preset: str, seed: int, label: str = DEFAULT_LABEL) -> str:
+    """`{env}_{condition}[-label]_{task}_{preset}_seed{seed}`: one cell of the matrix."""
+    suffix = "" if label == DEFAULT_LABEL else f"-{label}"
+    return f"{env}_{condition}{suffix}_{task}_{preset}_seed{seed}"
+
+
+def run_finished(run) -> bool:
+    """Whether a run directory holds a finished training (all configured epochs done)."""
+    run = Path(run)
+    try:
+        epochs = json.loads((run / "config.json").read_text())["train"]["epochs"]
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return bool(lines) and json.loads(lines[-1])["epoch"] + 1 >= epochs \
+            and (run / "checkpoints" / "latest.ckpt").exists()
+    except (FileNotFoundError, KeyError, ValueError):
+        return False
 
 
 def pick_device(name: str) -> torch.device:
@@ -135,7 +157,11 @@ def train(store: Path, condition: str, run: Path, cfg: TrainConfig = PRESETS["pa
 
     torch.manual_seed(cfg.seed)
     data = ReplayData(store, condition, device)
-    train_eps, val_eps = split_episodes(data.num_episodes, cfg.val_ratio, cfg.seed)
+    trainable = data.num_episodes - cfg.holdout_episodes
+    if trainable < 1:
+        raise ValueError(f"{store}: {data.num_episodes} episodes, {cfg.holdout_episodes} held out for evaluation: "
+                         "nothing left to train on")
+    train_eps, val_eps = split_episodes(trainable, cfg.val_ratio, cfg.seed)
     pcfg = replace(cfg.policy, channels=data.channels, initial=CONDITIONS[condition].initial)
     train_w = data.windows(train_eps, pcfg.horizon, pcfg.n_obs_steps, pcfg.n_action_steps)
     val_w = data.windows(val_eps, pcfg.horizon, pcfg.n_obs_steps, pcfg.n_action_steps)

@@ -70,11 +70,12 @@ MANIFLOW = str(Path(sys.executable).with_name("maniflow"))
 class PathServer:
     """`maniflow serve-paths` in its own process, on free loopback ports."""
 
-    def __init__(self, directory: Path, work: Path, ports: int, *args, env=None):
+    def __init__(self, directory: Path, work: Path, ports: int | list[int], *args, env=None):
+        ports = ports if isinstance(ports, list) else [0] * ports  # 0: any free port
         self.ready, self.log = directory / "ready.json", directory / "server.log"
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen([MANIFLOW, "serve-paths", "--work", str(work), "--ports",
-                                          ",".join(["0"] * ports), "--ready-file", str(self.ready),
+                                          ",".join(map(str, ports)), "--ready-file", str(self.ready),
                                           *map(str, args)], stdout=log, stderr=subprocess.STDOUT,
                                          env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 60
@@ -106,7 +107,7 @@ def path_server(tmp_path_factory):
     """Factory: path_server(work, ports, *extra_args) -> PathServer, stopped after the test."""
     servers = []
 
-    def start(work, ports=1, *args, env=None) -> PathServer:
+    def start(work, ports: int | list[int] = 1, *args, env=None) -> PathServer:
         servers.append(PathServer(tmp_path_factory.mktemp("server"), work, ports, *args, env=env))
         return servers[-1]
 

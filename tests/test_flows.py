@@ -148,13 +148,57 @@ def test_train_run_names_itself_reports_progress_and_resumes(prefect_server, sma
     assert (Path(result["run"]) / "checkpoints" / "latest.ckpt").stat().st_mtime_ns == mtime
 
 
-def test_deploy_from_prefect_yaml_and_run_on_a_process_worker(prefect_server, small_root, tmp_path):
-    """`prefect --no-prompt deploy --all` from the project root, a process worker polling the
-    pool, and a deployment run: the way the user runs the pipeline."""
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _flow_runs(flow_name: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
+
+
+def _wait(run_id, seconds=600, log=None):
     from prefect.client.orchestration import get_client
 
+    deadline = time.monotonic() + seconds
+    with get_client(sync_client=True) as client:
+        while True:  # poll the state (`prefect flow-run watch` can drop its stream)
+            state = client.read_flow_run(run_id).state
+            if state.is_final():
+                return state
+            assert time.monotonic() < deadline, log.read_text()[-4000:] if log else "timed out"
+            time.sleep(2)
+
+
+def _subflow_task_states(parent_id, flow_name: str) -> dict[str, str]:
+    """Task-run states of the `flow_name` subflow run of a parent flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])))
+        flows = {f.id: f.name for f in client.read_flows()}
+    latest = max((c for c in children if flows[c.flow_id] == flow_name), key=lambda c: c.created)
+    return _task_states(latest.id)  # a retried parent has one child per attempt
+
+
+def test_train_matrix_on_workers_outage_retry_and_nothing_twice(prefect_server, small_root, tmp_path, path_server):
+    """The user's loop against a real server and process workers, deployed from prefect.yaml:
+    a tiny train-matrix whose path server goes down mid-labelling fails exactly the episodes it
+    did not answer; `prefect flow-run retry` after the server is back labels only those, trains
+    the cells (each its own train-run flow run) and writes the report; running the matrix again
+    computes nothing."""
+    from maniflow.frames import extract_task
+
     project = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "MANIFLOW_DATA": str(small_root), "MANIFLOW_WORK": str(tmp_path / "work")}
+    work = tmp_path / "work"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     def prefect(*args, timeout=180):
         result = subprocess.run([PREFECT, "--no-prompt", *args], cwd=project, env=env, capture_output=True,
@@ -162,29 +206,84 @@ def test_deploy_from_prefect_yaml_and_run_on_a_process_worker(prefect_server, sm
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 
-    prefect("work-pool", "create", "maniflow", "--type", "process", "--overwrite")
+    for pool in ("maniflow", "maniflow-control"):
+        prefect("work-pool", "create", pool, "--type", "process", "--overwrite")
     out = prefect("deploy", "--all")
-    for name in ("prepare-data/all", "prepare-data/demo", "train-run/cell", "train-run/demo"):
+    for name in ("train-matrix/all", "train-matrix/demo", "prepare-data/all", "train-run/cell", "evaluate/all"):
         assert f"Deployment '{name}' successfully created" in out
-    log = open(tmp_path / "worker.log", "w")
-    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "maniflow", "--limit", "1"], cwd=tmp_path,
-                              env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    # The path server indexes the frames it will be asked about; the flow's extraction reuses them.
+    for e, config in (("clean", "demo_clean"), ("cluttered", "demo_randomized")):
+        extract_task(small_root, work, e, config, "click_bell")
+    from maniflow.frames import FramesStore, frames_store_path
+
+    lengths = {e: [r["frames"] for r in FramesStore(frames_store_path(work, e, "click_bell")).episodes]
+               for e in ("clean", "cluttered")}
+    port = _free_port()
+    # The server goes down after half the frames are answered: the first episode to finish is
+    # complete (two label at a time), the last is not.
+    total = sum(lengths["clean"]) + sum(lengths["cluttered"])
+    server = path_server(work, [port], "--outage-after", total // 2)
+
+    logs = [open(tmp_path / f"worker-{p}.log", "w") for p in ("control", "train")]
+    workers = [subprocess.Popen([PREFECT, "worker", "start", "--pool", pool, "--limit", limit], cwd=tmp_path, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+               for (pool, limit), log in zip((("maniflow-control", "2"), ("maniflow", "1")), logs)]
     try:
-        params = json.dumps({"provider": "oracle", "envs": ["clean"], "tasks": ["click_bell"], "resolution": 48,
-                             "root": str(small_root), "work": str(tmp_path / "work")})
-        out = prefect("deployment", "run", "prepare-data/demo", "--param", f"params={params}")
-        run_id = out.split("UUID: ")[1].split()[0]
-        deadline = time.monotonic() + 300
-        with get_client(sync_client=True) as client:
-            while True:  # poll the state (`prefect flow-run watch` can drop its stream)
-                state = client.read_flow_run(run_id).state
-                if state.is_final():
-                    break
-                assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-3000:]
-                time.sleep(2)
-        assert state.is_completed(), (tmp_path / "worker.log").read_text()[-3000:]
-        assert (tmp_path / "work/datasets/clean_overlay-oracle_click_bell.zarr").exists()
+        params = {"work": str(work), "root": str(small_root), "envs": ["clean"], "tasks": ["click_bell"],
+                  "conditions": ["original", "overlay_current"], "preset": "demo", "epochs": 1, "device": "cpu",
+                  "poll_s": 1, "report": "tiny",
+                  "data": {"provider": "hamster", "endpoints": [f"http://127.0.0.1:{port}"], "resolution": 48,
+                           "label_retries": 0, "give_up_after_s": 2},
+                  "evaluation": {"episodes": 2, "execute_steps": 8}}
+        out = prefect("deployment", "run", "train-matrix/all", "--param", f"params={json.dumps(params)}")
+        matrix_id = out.split("UUID: ")[1].split()[0]
+        assert _wait(matrix_id, log=tmp_path / "worker-control.log").is_failed()
+        states = _subflow_task_states(matrix_id, "prepare-data")
+        labels = {k: v for k, v in states.items() if k.startswith("paths")}
+        done = {k for k, v in labels.items() if v == "Completed"}
+        failed = {k for k, v in labels.items() if v == "Failed"}
+        assert done and failed and done | failed == set(labels) and len(labels) == 6  # 3 episodes x 2 envs
+
+        # The server is back (same address); the user retries the failed matrix run.
+        server.stop()
+        path_server(work, [port])
+        prefect("flow-run", "retry", matrix_id)
+        state = _wait(matrix_id, log=tmp_path / "worker-control.log")
+        assert state.is_completed(), (tmp_path / "worker-control.log").read_text()[-4000:]
+        states = _subflow_task_states(matrix_id, "prepare-data")
+        labels = {k: v for k, v in states.items() if k.startswith("paths")}
+        assert {k for k, v in labels.items() if v == "Cached"} == done  # answered episodes: not asked again
+        assert {k for k, v in labels.items() if v == "Completed"} == failed
+
+        cells = _flow_runs("train-run")
+        assert sorted(r.name for r in cells) == ["train clean/original/click_bell seed 0",
+                                                 "train clean/overlay_current/click_bell seed 0"]
+        assert all(r.state.is_completed() for r in cells)
+        for c in ("original", "overlay_current"):
+            assert (work / f"runs/clean_{c}_click_bell_demo_seed0/checkpoints/latest.ckpt").exists()
+            assert (work / f"datasets/cluttered_{'overlay' if 'overlay' in c else 'original'}_click_bell.zarr").exists()
+        report = (work / "reports/tiny/report.md").read_text()
+        assert "| click_bell |" in report and "do nothing" in report
+        results = json.loads((work / "reports/tiny/results.json").read_text())
+        assert len(results["cells"]) == 2 and results["baselines"]["click_bell"]["expert"]["success"] == [True, True]
+
+        # A second run of the matrix computes nothing: no new cell runs, every stage cached.
+        stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*")
+                  if p.suffix in (".ckpt", ".json", ".jsonl", ".zarray") and "reports" not in p.parts}
+        out = prefect("deployment", "run", "train-matrix/all", "--param", f"params={json.dumps(params)}")
+        again = out.split("UUID: ")[1].split()[0]
+        assert _wait(again, log=tmp_path / "worker-control.log").is_completed()
+        assert len(_flow_runs("train-run")) == 2
+        states = _subflow_task_states(again, "prepare-data")
+        assert {v for k, v in states.items() if not k.startswith("assemble")} == {"Cached"}
+        assert {v for k, v in _subflow_task_states(again, "evaluate").items() if k.startswith("evaluate")} \
+            == {"Cached"}
+        changed = [p for p, t in stamps.items() if p.exists() and p.stat().st_mtime_ns != t]
+        assert changed == []
     finally:
-        worker.terminate()
-        worker.wait(30)
-        log.close()
+        for w in workers:
+            w.terminate()
+            w.wait(30)
+        for log in logs:
+            log.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from maniflow.train import PRESETS, TrainConfig, TrainingDiverged, ema_decay, lo
 ENV, TASK = "clean", "open_microwave"
 TINY = replace(PRESETS["demo"], policy=PolicyConfig(image_size=32, encoder="test_resnet", dim=32, depth=1, heads=2,
                                                      dropout=0.1, inference_steps=2, horizon=8, n_action_steps=8),
-               batch_size=16, epochs=3, warmup_steps=5, lr=1e-3, top_k=2)
+               batch_size=16, epochs=3, warmup_steps=5, lr=1e-3, top_k=2, holdout_episodes=0)
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +229,49 @@ def test_encoder_weights_load_from_a_local_file_only(tmp_path, caplog):
     torch.save({"conv1.weight": source.conv1.weight}, tmp_path / "partial.pt")
     with pytest.raises(ValueError, match="partial.pt: encoder weights lack"):
         make_encoder("resnet18", 3, tmp_path / "partial.pt")
+
+
+def test_evaluation_is_deterministic_and_the_report_answers_the_questions(stores, tmp_path):
+    """A tiny finished matrix (two conditions, one held-out episode): offline and closed-loop
+    evaluation repeat exactly for a seed, and the report holds the table, answers and figures."""
+    from maniflow.evaluate import EvalConfig, closed_loop, evaluate_runs
+    from maniflow.report import build_report
+    from maniflow.train import load_policy
+
+    work = stores["original"].parent.parent
+    cfg = replace(TINY, epochs=1, holdout_episodes=1)
+    runs = []
+    for condition, kind in (("original", "original"), ("overlay_current", "overlay")):
+        runs.append(tmp_path / condition)
+        train(stores[kind], condition, runs[-1], cfg)
+    # The clean stores stand in for the evaluation env's (the fixture renders one env).
+    ecfg = EvalConfig(env=ENV, episodes=2, execute_steps=4, strips=1)
+    records, baselines = evaluate_runs(work, runs, ecfg, progress=lambda _: None)
+    assert [r["condition"] for r in records] == ["original", "overlay_current"]
+    for r in records:
+        assert r["offline"]["windows"] > 0 and len(r["offline"]["mae_per_step"]) == TINY.policy.n_action_steps
+        assert r["offline"]["episodes"] == [2]  # the store's last episode, never trained on
+        assert len(r["closed_loop"]["success"]) == 2 and Path(r["strip"]).exists()
+    assert baselines[TASK]["expert"]["success"] == [True, True]
+    assert baselines[TASK]["do_nothing"]["success"] == [False, False]
+
+    policy = load_policy(runs[1] / "checkpoints" / "latest.ckpt")
+    a = closed_loop(policy, "overlay_current", TASK, 48, ecfg)
+    b = closed_loop(policy, "overlay_current", TASK, 48, ecfg)
+    assert a["steps"] == b["steps"] and a["success"] == b["success"]
+    np.testing.assert_array_equal(a["strips"][0][-1], b["strips"][0][-1])
+    # The cached record is what a second evaluation returns, without recomputing.
+    eval_file = next((runs[1] / "eval").glob("*.json"))
+    mtime = eval_file.stat().st_mtime_ns
+    assert evaluate_runs(work, runs, ecfg, progress=lambda _: None)[0] == records
+    assert eval_file.stat().st_mtime_ns == mtime
+
+    md = build_report(records, baselines, tmp_path / "report").read_text()
+    assert f"| {TASK} |" in md and "| do nothing | expert |" in md
+    answer = next(line for line in md.splitlines() if line.startswith("- overlay (trained on clean)"))
+    assert "original RGB" in answer and "2 seed(s)" not in answer and "1 task(s), 1 seed(s) x 2 episodes" in answer
+    for figure in ("success.png", "action_error.png", "training.png"):
+        assert (tmp_path / "report" / figure).stat().st_size > 1000
+    assert len(list((tmp_path / "report" / "strips").glob("*.png"))) == 2
+    saved = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert saved["baselines"][TASK]["expert"]["success"] == [True, True]

@@ -58,6 +58,7 @@ class Faults:
     timeout_rate: float = 0.0  # hang for hang_s before answering (the client should time out)
     hang_s: float = 30.0
     malformed_rate: float = 0.0  # answer broken in one of MALFORMED_KINDS
+    outage_after: int | None = None  # after this many answers, every request gets 503 (a server gone down)
     seed: int = 0
 
 
@@ -236,6 +237,9 @@ def make_app(index: OracleIndex, faults: Faults = Faults(), models: tuple[str, .
                 counts["rejected"] += 1
                 return JSONResponse({"error": f"model {model!r} is not served here; use one of "
                                      f"{list(state.models)}"}, status_code=500)
+            if f.outage_after is not None and counts["answered"] >= f.outage_after:
+                counts["errors"] += 1
+                return JSONResponse({"error": "injected outage"}, status_code=503)
             if draw < f.error_rate:
                 counts["errors"] += 1
                 await asyncio.sleep(latency)

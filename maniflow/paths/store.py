@@ -218,7 +218,10 @@ class PathStore:
         summary = {"format": FORMAT, "version": FORMAT_VERSION, "provider": self.provider(),
                    "fallback": fallbacks.pop() if len(fallbacks) == 1 else sorted(map(str, fallbacks)),
                    **extra, "total": total, "episodes": per_episode, "code_version": code_version()}
-        write_json(self.dir / "summary.json", summary)
+        path = self.dir / "summary.json"
+        # Rewritten only when it changes: an unchanged rerun leaves every file as it was.
+        if not path.exists() or json.loads(path.read_text()) != json.loads(json.dumps(summary)):
+            write_json(path, summary)
         return summary
 
 

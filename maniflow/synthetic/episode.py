@@ -272,26 +272,53 @@ def _build_scene(objects, num_task_objects: int):
     return Scene(specs), owners
 
 
-def _part_poses(i, owners, obj_r, obj_t, active, tracks, ee_rot, widths):
-    """World poses (P, 3, 3), (P, 3) of all scene parts at frame i, in scene order.
-    `widths`: object name -> grasp width, so fingers stop at a held object."""
+def frame_part_poses(owners, obj_r: dict, obj_t: dict, joints: dict, arms: dict):
+    """World poses (P, 3, 3), (P, 3) of all scene parts in one frame, in scene order.
+
+    obj_r / obj_t / joints: object name -> rotation, position, articulation value;
+    arms: arm -> (position, rotation, gripper, min finger gap: a held object's width)."""
     rots, trans = [], []
     for obj, part in owners:
-        r, t = part_pose(obj, part, obj_r[obj.name][i], obj_t[obj.name][i], active.joints[obj.name][i])
+        r, t = part_pose(obj, part, obj_r[obj.name], obj_t[obj.name], joints[obj.name])
         rots.append(r), trans.append(t)
     for a in ("left", "right"):
-        track = tracks[a]
-        grasped = track.grasping[i]
-        min_gap = widths[grasped] + armlib.FINGER_SIZE[1] if grasped else 0.0
-        r, t = armlib.arm_part_poses(a, track.position[i], ee_rot[a][i], track.gripper[i], min_gap)
+        r, t = armlib.arm_part_poses(a, *arms[a])
         rots += r
         trans += t
     return np.array(rots), np.array(trans)
 
 
-def simulate_episode(task: str, env: str, index: int, seed: int = 0, cameras=("head",),
-                     step_m: float = 0.015, occlusion_prob: float = 0.5) -> SimulatedEpisode:
-    """Lay out, move and render one episode. Deterministic in (seed, task, env, index)."""
+def _min_gap(grasped, widths) -> float:
+    return widths[grasped] + armlib.FINGER_SIZE[1] if grasped else 0.0
+
+
+@dataclass
+class EpisodePlan:
+    """Everything about one episode before anything is rendered: the scene, its look, the
+    scripted motion of both arms. Shared by the generator and the closed-loop environment."""
+
+    layout: TaskLayout
+    style: Style
+    objects: list[SceneObject]
+    tracks: dict[str, Timeline]  # arm -> motion, padded to one length
+    occlusion_frames: tuple[int, int] | None
+    scene: Scene
+    owners: list
+    views: dict[str, CameraView]
+    backgrounds: dict[str, Background]
+
+    @property
+    def idle_arm(self) -> str:
+        return "right" if self.layout.arm == "left" else "left"
+
+    @property
+    def length(self) -> int:
+        return len(self.tracks[self.layout.arm].position)
+
+
+def plan_episode(task: str, env: str, index: int, seed: int = 0, cameras=("head",),
+                 step_m: float = 0.015, occlusion_prob: float = 0.5) -> EpisodePlan:
+    """Lay out one episode and script its motion. Deterministic in (seed, task, env, index)."""
     rng = episode_rng(seed, task, env, index)
     layout = TASKS[task](rng)
     style = sample_style(env, rng)
@@ -319,15 +346,24 @@ def simulate_episode(task: str, env: str, index: int, seed: int = 0, cameras=("h
         idle = _idle_track(idle_arm, step_m)
     length = max(len(active.position), len(idle.position))
     active, idle = _pad(active, length), _pad(idle, length)
-    tracks = {layout.arm: active, idle_arm: idle}
-
-    ee_rot = {a: armlib.orientation(t.rpy) for a, t in tracks.items()}
-    obj_r, obj_t = _object_poses(objects, active, ee_rot[layout.arm], length)
     scene, owners = _build_scene(objects, len(layout.objects))
-    task_obj_id = OBJECT_ID0 + [o.name for o in layout.objects].index(layout.task_object)
     backgrounds = {c: Background(v, armlib.TABLE_Z, TABLE_RECT, style.table_rgb, style.wall_rgb,
                                  style.lighting, np.random.default_rng(rng.integers(2**32)))
                    for c, v in views.items()}
+    return EpisodePlan(layout, style, objects, {layout.arm: active, idle_arm: idle}, occlusion_frames,
+                       scene, owners, views, backgrounds)
+
+
+def simulate_episode(task: str, env: str, index: int, seed: int = 0, cameras=("head",),
+                     step_m: float = 0.015, occlusion_prob: float = 0.5) -> SimulatedEpisode:
+    """Lay out, move and render one episode. Deterministic in (seed, task, env, index)."""
+    plan = plan_episode(task, env, index, seed, cameras, step_m, occlusion_prob)
+    layout, objects, tracks, views, length = plan.layout, plan.objects, plan.tracks, plan.views, plan.length
+    active, head, style = tracks[layout.arm], views["head"], plan.style
+    ee_rot = {a: armlib.orientation(t.rpy) for a, t in tracks.items()}
+    obj_r, obj_t = _object_poses(objects, active, ee_rot[layout.arm], length)
+    scene = plan.scene
+    task_obj_id = OBJECT_ID0 + [o.name for o in layout.objects].index(layout.task_object)
 
     rgb = {c: np.zeros((length, HEIGHT, WIDTH, 3), np.uint8) for c in views}
     ids = {c: np.zeros((length, HEIGHT, WIDTH), np.uint8) for c in views}
@@ -335,12 +371,16 @@ def simulate_episode(task: str, env: str, index: int, seed: int = 0, cameras=("h
     task_mask = scene.ids == task_obj_id
     widths = {o.name: o.grasp_width for o in objects}
     for i in range(length):
-        rots, trans = _part_poses(i, owners, obj_r, obj_t, active, tracks, ee_rot, widths)
+        rots, trans = frame_part_poses(
+            plan.owners, {k: v[i] for k, v in obj_r.items()}, {k: v[i] for k, v in obj_t.items()},
+            {k: v[i] for k, v in active.joints.items()},
+            {a: (t.position[i], ee_rot[a][i], t.gripper[i], _min_gap(t.grasping[i], widths))
+             for a, t in tracks.items()})
         for c, view in views.items():
-            rgb[c][i], ids[c][i] = render(scene, rots, trans, view, backgrounds[c], style.lighting,
+            rgb[c][i], ids[c][i] = render(scene, rots, trans, view, plan.backgrounds[c], style.lighting,
                                           armlib.TABLE_Z)
         # Visible share of the task object: its pixels in the frame / when drawn alone.
-        _, alone = render(scene, rots, trans, head, backgrounds["head"], style.lighting, armlib.TABLE_Z,
+        _, alone = render(scene, rots, trans, head, plan.backgrounds["head"], style.lighting, armlib.TABLE_Z,
                           only=task_mask)
         total = np.count_nonzero(alone == task_obj_id)
         visibility[i] = np.count_nonzero(ids["head"][i] == task_obj_id) / total if total else 0.0
@@ -357,7 +397,7 @@ def simulate_episode(task: str, env: str, index: int, seed: int = 0, cameras=("h
     return SimulatedEpisode(
         task, env, index, seed, rgb, ids,
         {c: views[c].intrinsic_cv for c in cameras}, {c: views[c].extrinsic_cv for c in cameras},
-        vector, endposes, grippers, layout, visibility, occlusion_frames)
+        vector, endposes, grippers, layout, visibility, plan.occlusion_frames)
 
 
 # -- writing -----------------------------------------------------------------------------------

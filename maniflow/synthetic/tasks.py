@@ -88,6 +88,37 @@ class Waypoint:
     hold: int = 0  # frames to stay here afterwards
 
 
+@dataclass(frozen=True)
+class Goal:
+    """What success means in closed loop; the environment checks it after every step.
+
+    reach   the end effector comes within `radius` of `point` in x, y and at most 1 cm above it
+    joint   object `name`'s articulation passes `value` in `direction` (+1 or -1)
+    place   object `name`, picked up and released, rests within `radius` (in x, y) of `point`
+    tool    while held, point `local` (object frame) of object `name` comes within `radius` of `point`
+    """
+
+    kind: str
+    point: tuple[float, float, float] | None = None
+    radius: float = 0.03
+    name: str | None = None
+    value: float = 0.0
+    direction: float = 1.0
+    local: tuple[float, float, float] | None = None
+
+
+@dataclass(frozen=True)
+class Articulation:
+    """How the end effector moves a hinged part in closed loop: along `track` (end-effector
+    positions, K x 3) the part's value goes through `values` (K). `grasp`: only while the gripper
+    holds the handle; otherwise by pushing (the value only moves towards the goal)."""
+
+    name: str
+    track: np.ndarray
+    values: np.ndarray
+    grasp: bool
+
+
 @dataclass
 class TaskLayout:
     objects: list[SceneObject]
@@ -99,6 +130,9 @@ class TaskLayout:
     info: dict[str, str]
     seen: list[str]
     unseen: list[str]
+    goal: Goal | None = None
+    articulation: Articulation | None = None
+    supports: list[tuple[np.ndarray, float, float]] = field(default_factory=list)  # (xy, radius, z) to rest on
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -194,6 +228,7 @@ def beat_block_hammer(rng: np.random.Generator) -> TaskLayout:
               "Hammer the red block."],
         unseen=["Take the hammer and knock on the red cube.",
                 f"With your {arm} hand, smash the block using the hammer."],
+        goal=Goal("tool", tuple(head - ee_grasp + strike), 0.035, "hammer", local=(0.105, 0.0, 0.02)),
     )
 
 
@@ -217,6 +252,7 @@ def click_bell(rng: np.random.Generator) -> TaskLayout:
         seen=[f"Press the bell with the {arm} arm.", "Click the bell.",
               "Ring the golden bell on the table.", f"Use the {arm} gripper to push the bell's button."],
         unseen=["Tap the bell once.", f"Reach over with the {arm} hand and ring the bell."],
+        goal=Goal("reach", tuple(press), 0.03),  # fingers (3 cm wide) on the 2 cm button
     )
 
 
@@ -246,6 +282,7 @@ def move_can_pot(rng: np.random.Generator) -> TaskLayout:
               "Pick up the can and put it beside the pot.", "Move the can to the pot.",
               "Place the blue can next to the black pot."],
         unseen=["Set the can down by the pot.", f"Grab the can with the {arm} gripper and bring it to the pot."],
+        goal=Goal("place", (target[0], target[1], TABLE_Z), 0.05, "can"),
     )
 
 
@@ -285,6 +322,9 @@ def open_microwave(rng: np.random.Generator) -> TaskLayout:
         seen=["Open the microwave door with the left arm.", "Open the microwave.",
               "Pull the microwave door open by its handle.", "Use the left gripper to open the microwave."],
         unseen=["Swing the microwave door open.", "Grab the handle and open the oven door."],
+        goal=Goal("joint", name="microwave", value=0.9, direction=1.0),
+        articulation=Articulation("microwave", np.array([handle_pose(a)[0] for a in np.linspace(0, opened, 26)]),
+                                  np.linspace(0, opened, 26), grasp=True),
     )
 
 
@@ -309,6 +349,8 @@ def place_object_stand(rng: np.random.Generator) -> TaskLayout:
               "Put the object on the display stand.", "Pick up the green object and set it on the stand.",
               "Place the object onto the stand."],
         unseen=["Move the green item onto the wooden stand.", f"With the {arm} gripper, put the object on the stand."],
+        goal=Goal("place", tuple(stand.position), 0.035, "object"),
+        supports=[(stand.position[:2].copy(), 0.055, TABLE_Z + 0.042)],
     )
 
 
@@ -338,6 +380,9 @@ def turn_switch(rng: np.random.Generator) -> TaskLayout:
         seen=[f"Turn the switch with the {arm} arm.", "Flip the switch.", "Press down the orange lever of the switch.",
               f"Use the {arm} gripper to toggle the switch."],
         unseen=["Switch it the other way.", "Push the switch lever down."],
+        goal=Goal("joint", name="switch", value=0.0, direction=-1.0),
+        articulation=Articulation("switch", np.array([lever_end(a) for a in np.linspace(0.45, -0.45, 19)]),
+                                  np.linspace(0.45, -0.45, 19), grasp=False),
     )
 
 

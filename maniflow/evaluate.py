@@ -1,0 +1,354 @@
+"""Evaluate a trained cell: offline on held-out episodes, closed loop in the synthetic env.
+
+    offline      the store's held-out episodes (`holdout_episodes`, never trained or validated
+                 on) of the evaluation env: action error over the predicted chunk, normalised
+                 (MSE in the policy's [-1, 1] space) and in joint units (MAE), per chunk step,
+                 and the validation loss; EMA weights, the configured inference steps, fixed noise
+    closed loop  `episodes` layouts of the evaluation env from `seed` (the same for every
+                 cell); the policy's action chunks run `execute_steps` at a time; overlay
+                 conditions get their path from the same provider interface as in training
+                 (oracle by default, or a VLM endpoint) and the initial image is frame 0's
+
+Results are one JSON file per (checkpoint, evaluation settings) in `{run}/eval/`, written
+atomically, so evaluating again is free. Baselines (do nothing, the scripted expert) are
+evaluated on the same layouts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from maniflow.datasets import DEFAULT_LABEL, dataset_path, draw_views, resize_frames
+from maniflow.overlay import render_views
+from maniflow.paths.client import ClientConfig, Job, PathClient
+from maniflow.paths.label import ProviderConfig
+from maniflow.paths.protocol import WIRES, jpeg_data_url, prepare_image, request_body
+from maniflow.paths.store import parse_answer
+from maniflow.policy import ManiFlowPolicy
+from maniflow.replay import CONDITIONS, ReplayData
+from maniflow import __version__
+from maniflow.storage import write_json
+from maniflow.synthetic.env import EVAL_SEED, EnvConfig, TabletopEnv
+from maniflow.train import load_policy, pick_device
+
+log = logging.getLogger("maniflow.evaluate")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    env: str = "cluttered"  # every cell is evaluated on cluttered scenes
+    episodes: int = 20  # closed-loop episodes per cell
+    seed: int = EVAL_SEED
+    execute_steps: int = 8  # actions executed of each predicted chunk
+    inference_steps: int | None = None  # default: the policy's
+    provider: str = "oracle"  # path source in closed loop: oracle, or hamster / peek / openai
+    model: str = "HAMSTER_dev"
+    endpoints: tuple[str, ...] = ()
+    offline: bool = True
+    strips: int = 2  # closed-loop episodes kept as image strips for the report
+    strip_frames: int = 8
+    batch_size: int = 64
+    device: str = "auto"
+
+    def env_config(self) -> EnvConfig:
+        return EnvConfig(seed=self.seed)
+
+
+@dataclass
+class CellRun:
+    """What a run directory says about itself (config.json, the dataset store's attributes)."""
+
+    run: Path
+    condition: str
+    store: Path
+    env: str
+    task: str
+    kind: str
+    label: str
+    holdout: int
+    seed: int
+
+    @classmethod
+    def read(cls, run) -> "CellRun":
+        run = Path(run)
+        config = json.loads((run / "config.json").read_text())
+        import zarr
+
+        attrs = zarr.open_group(config["store"], mode="r").attrs.asdict()
+        label = (attrs.get("paths") or {}).get("label") or DEFAULT_LABEL
+        return cls(run, config["condition"], Path(config["store"]), attrs["env"], attrs["task"], attrs["type"],
+                   label, config["train"].get("holdout_episodes", 0), config["train"]["seed"])
+
+    def checkpoint(self) -> Path:
+        """The best checkpoint by validation loss, else the latest."""
+        best = sorted((self.run / "checkpoints").glob("epoch=*.ckpt"),
+                      key=lambda p: float(p.stem.split("val_loss=")[1]))
+        latest = self.run / "checkpoints" / "latest.ckpt"
+        if best:
+            return best[0]
+        if latest.exists():
+            return latest
+        raise FileNotFoundError(f"{self.run}: no checkpoint; train the cell first")
+
+    def eval_store(self, work, env: str) -> Path:
+        return dataset_path(work, env, self.kind, self.task, self.label)
+
+
+# -- policy inputs -----------------------------------------------------------------------------
+
+def policy_images(frames: np.ndarray, paths: list | None, condition: str, resolution: int) -> np.ndarray:
+    """(B, H, W, 3) frames (+ one path each) -> (B, C, R, R) uint8 exactly as the datasets hold them."""
+    views, _ = draw_views(frames, paths)
+    return np.concatenate([resize_frames(views[k], resolution) for k in CONDITIONS[condition].keys], axis=1)
+
+
+class OraclePaths:
+    """The environment's ground-truth path, as the oracle provider labels the data."""
+
+    def __call__(self, envs: list[TabletopEnv], frames: list[np.ndarray]) -> list[list]:
+        return [e.oracle_path() for e in envs]
+
+
+class VLMPaths:
+    """Paths from a VLM endpoint over HTTP (HAMSTER, PEEK, OpenAI-compatible), one request per
+    frame, all frames of a step in flight together; a failed answer keeps the env's last path."""
+
+    def __init__(self, provider: ProviderConfig, client: ClientConfig):
+        self.provider, self.client = provider, PathClient(client)
+        self.last: dict[int, list] = {}
+
+    def __call__(self, envs: list[TabletopEnv], frames: list[np.ndarray]) -> list[list]:
+        wire = WIRES[self.provider.kind]
+        jobs = []
+        for env, rgb in zip(envs, frames):
+            url = jpeg_data_url(prepare_image(rgb, wire), self.provider.jpeg_quality)
+            body = request_body(url, env.instruction, wire, self.provider.model, self.provider.max_tokens)
+            jobs.append(Job(id(env), json.dumps(body).encode()))
+        height, width = frames[0].shape[:2]
+
+        def on_answer(job, answer):
+            if answer.text is not None:
+                parsed = parse_answer(answer.text, self.provider.answer_format, width, height, self.provider.coords)
+                if parsed.status != "failed":
+                    self.last[job.key] = parsed.points
+
+        self.client.run(iter(jobs), on_answer)
+        return [self.last.get(id(e), []) for e in envs]
+
+
+def path_source(cfg: EvalConfig):
+    if cfg.provider == "oracle":
+        return OraclePaths()
+    if not cfg.endpoints:
+        raise ValueError(f"provider {cfg.provider!r} needs endpoints")
+    return VLMPaths(ProviderConfig(kind=cfg.provider, model=cfg.model), ClientConfig(endpoints=tuple(cfg.endpoints)))
+
+
+# -- closed loop -------------------------------------------------------------------------------
+
+@torch.no_grad()
+def closed_loop(policy: ManiFlowPolicy, condition: str, task: str, resolution: int, cfg: EvalConfig,
+                paths=None) -> dict:
+    """Run the policy on `cfg.episodes` layouts at once (one batched policy call per chunk).
+    Returns per-episode success and steps, and the frames of the first `cfg.strips` episodes."""
+    device = next(policy.parameters()).device
+    cond = CONDITIONS[condition]
+    uses_paths = cond.dataset != "original"
+    paths = paths or (path_source(cfg) if uses_paths else None)
+    envs = [TabletopEnv(task, cfg.env, i, cfg.env_config()) for i in range(cfg.episodes)]
+    n_obs, execute = policy.cfg.n_obs_steps, min(cfg.execute_steps, policy.cfg.n_action_steps)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    strips: list[list[np.ndarray]] = [[] for _ in range(min(cfg.strips, len(envs)))]
+
+    def observe(indices: list[int]):
+        """Images and states of the envs now; frames of strip episodes are kept with their path."""
+        obs = [envs[i].observe() for i in indices]
+        frames = np.stack([o.rgb for o in obs])
+        found = paths([envs[i] for i in indices], list(frames)) if uses_paths else None
+        for j, i in enumerate(indices):
+            if i < len(strips):
+                strips[i].append(render_views(frames[j], found[j])[0] if uses_paths else frames[j])
+        return policy_images(frames, found, condition, resolution), np.stack([o.state for o in obs])
+
+    first_images, first_states = observe(list(range(len(envs))))
+    history = [[(first_images[i], first_states[i])] * n_obs for i in range(len(envs))]
+    initial = torch.from_numpy(first_images).to(device)
+    while True:
+        active = [i for i, e in enumerate(envs) if not e.done]
+        if not active:
+            break
+        obs = {"current": torch.from_numpy(np.stack([np.stack([h[0] for h in history[i][-n_obs:]])
+                                                      for i in active])).to(device),
+               "agent_pos": torch.from_numpy(np.stack([np.stack([h[1] for h in history[i][-n_obs:]])
+                                                        for i in active])).float().to(device)}
+        if cond.initial:
+            obs["initial"] = initial[active]
+        actions = policy.predict_action(obs, cfg.inference_steps, gen).float().cpu().numpy()
+        for k in range(execute):
+            stepping = [j for j, i in enumerate(active) if not envs[i].done]
+            for j in stepping:
+                envs[active[j]].step(actions[j, k])
+            # Only the frames the next prediction looks at are rendered (and get a path).
+            watch = [active[j] for j in stepping if k >= execute - n_obs and not envs[active[j]].done]
+            if watch:
+                images, states = observe(watch)
+                for j, i in enumerate(watch):
+                    history[i].append((images[j], states[j]))
+                    history[i] = history[i][-n_obs:]
+    return {"success": [bool(e.success) for e in envs], "steps": [int(e.t) for e in envs],
+            "max_steps": [int(e.max_steps) for e in envs], "strips": strips}
+
+
+def baseline(task: str, kind: str, cfg: EvalConfig) -> dict:
+    """Closed-loop success of a reference policy on the evaluation layouts: `do_nothing` (holds
+    its pose) or `expert` (replays the generator's script)."""
+    success, steps = [], []
+    for i in range(cfg.episodes):
+        env = TabletopEnv(task, cfg.env, i, cfg.env_config())
+        script = env.expert_vectors()
+        while not env.done:
+            env.step(env.state() if kind == "do_nothing" else script[min(env.t + 1, len(script) - 1)])
+        success.append(bool(env.success))
+        steps.append(int(env.t))
+    return {"policy": kind, "task": task, "success": success, "steps": steps}
+
+
+# -- offline -----------------------------------------------------------------------------------
+
+@torch.no_grad()
+def offline_metrics(policy: ManiFlowPolicy, store: Path, condition: str, holdout: int, cfg: EvalConfig) -> dict:
+    """Action error and validation loss on the store's last `holdout` episodes."""
+    device = next(policy.parameters()).device
+    data = ReplayData(store, condition, device)
+    if holdout < 1 or holdout > data.num_episodes:
+        raise ValueError(f"{store}: {holdout} held-out episodes asked, {data.num_episodes} in the store "
+                         "(train with holdout_episodes >= 1)")
+    pc = policy.cfg
+    episodes = list(range(data.num_episodes - holdout, data.num_episodes))
+    windows = data.windows(episodes, pc.model_horizon, pc.n_obs_steps, pc.n_action_steps)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    start = pc.n_obs_steps - 1
+    mse = torch.zeros(pc.n_action_steps, device=device)
+    mae = torch.zeros(pc.n_action_steps, device=device)
+    loss_sum = 0.0
+    for s in range(0, len(windows), cfg.batch_size):
+        ids = torch.arange(s, min(s + cfg.batch_size, len(windows)), device=device)
+        batch = windows.batch(ids)
+        pred = policy.predict_action(batch["obs"], cfg.inference_steps, gen)
+        truth = batch["action"][:, start:start + pc.n_action_steps]
+        mse += ((policy.action_norm(pred) - policy.action_norm(truth)) ** 2).mean(-1).sum(0)
+        mae += (pred - truth).abs().mean(-1).sum(0)
+        loss, _ = policy.compute_loss(batch, policy, gen, train=False)
+        loss_sum += loss.item() * len(ids)
+    n = len(windows)
+    return {"episodes": [int(data.attrs["source"]["episodes"][e]["episode"]) for e in episodes]
+            if "source" in data.attrs else episodes,
+            "windows": n, "store": str(store),
+            "action_mse_normalised": (mse.sum() / (n * pc.n_action_steps)).item(),
+            "action_mae": (mae.sum() / (n * pc.n_action_steps)).item(),
+            "mae_per_step": (mae / n).tolist(), "val_loss": loss_sum / n}
+
+
+# -- one cell ----------------------------------------------------------------------------------
+
+def eval_key(checkpoint: Path, cfg: EvalConfig) -> str:
+    stat = checkpoint.stat()
+    text = json.dumps([checkpoint.name, stat.st_size, stat.st_mtime_ns, asdict(cfg), __version__],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def evaluate_run(run, work, cfg: EvalConfig = EvalConfig()) -> dict:
+    """Evaluate one finished run (cached per checkpoint and settings). Returns the result record."""
+    cell = CellRun.read(run)
+    checkpoint = cell.checkpoint()
+    out = cell.run / "eval" / f"{eval_key(checkpoint, cfg)}.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    device = pick_device(cfg.device)
+    policy = load_policy(checkpoint, device)
+    eval_store = cell.eval_store(work, cfg.env)
+    resolution = int(_store_attrs(eval_store)["resolution"])
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    log.info("evaluating %s (%s) on %d %s layouts", cell.run.name, checkpoint.name, cfg.episodes, cfg.env)
+    loop = closed_loop(policy, cell.condition, cell.task, resolution, cfg)
+    strip = cell.run / "eval" / f"{out.stem}-strip.png"
+    if loop["strips"]:
+        write_strip(loop["strips"], loop["success"], strip, cfg.strip_frames)
+    history = saved["history"]
+    vals = [h["val_loss"] for h in history if h["val_loss"] is not None]
+    record = {
+        "run": str(cell.run), "train_env": cell.env, "condition": cell.condition, "task": cell.task,
+        "seed": cell.seed, "checkpoint": checkpoint.name, "eval": asdict(cfg),
+        "train": {"epochs": saved["epoch"], "steps": saved["step"], "best_val_loss": min(vals) if vals else None,
+                  "history": [{k: h[k] for k in ("epoch", "loss", "val_loss")} for h in history]},
+        "offline": offline_metrics(policy, eval_store, cell.condition, cell.holdout, cfg)
+        if cfg.offline and cell.holdout else None,
+        "closed_loop": {k: loop[k] for k in ("success", "steps", "max_steps")}
+        | {"success_rate": float(np.mean(loop["success"]))},
+        "strip": str(strip) if loop["strips"] else None,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, record)
+    return json.loads(out.read_text())  # the same values a cached call returns
+
+
+def _store_attrs(store: Path) -> dict:
+    import zarr
+
+    attrs = zarr.open_group(store, mode="r").attrs.asdict()
+    if attrs.get("complete") is not True:
+        raise FileNotFoundError(f"{store}: no finished dataset store to evaluate on; prepare the data first")
+    return attrs
+
+
+def write_strip(strips: list[list[np.ndarray]], success: list[bool], out: Path, frames: int) -> None:
+    """One row per episode: `frames` evenly spaced observed frames, a green or red bar for the outcome."""
+    rows = []
+    for i, episode in enumerate(strips):
+        pick = np.linspace(0, len(episode) - 1, min(frames, len(episode))).round().astype(int)
+        row = np.concatenate([episode[k] for k in pick], axis=1)
+        bar = np.zeros((8, row.shape[1], 3), np.uint8)
+        bar[:] = (40, 180, 60) if success[i] else (210, 50, 40)
+        rows.append(np.concatenate([bar, row], axis=0))
+    width = max(r.shape[1] for r in rows)
+    image = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(buf.tobytes())
+    tmp.replace(out)
+
+
+def evaluate_baselines(work, task: str, cfg: EvalConfig = EvalConfig()) -> dict:
+    """Do-nothing and expert success on the evaluation layouts of `task` (cached)."""
+    key = hashlib.sha256(json.dumps([task, asdict(cfg), __version__], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    out = Path(work) / "eval" / "baselines" / f"{task}-{key}.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    record = {kind: baseline(task, kind, cfg) for kind in ("do_nothing", "expert")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, record)
+    return record
+
+
+
+def evaluate_runs(work, runs: list, cfg: EvalConfig = EvalConfig(), progress=print) -> tuple[list[dict], dict]:
+    """Evaluate finished runs and the baselines of their tasks: (records, {task: baselines})."""
+    records = []
+    for run in runs:
+        records.append(evaluate_run(run, work, cfg))
+        r = records[-1]
+        progress(f"{Path(run).name}: success {100 * r['closed_loop']['success_rate']:.0f}%"
+                 + (f", offline action MAE {r['offline']['action_mae']:.4f}" if r["offline"] else ""))
+    baselines = {task: evaluate_baselines(work, task, cfg) for task in sorted({r["task"] for r in records})}
+    return records, baselines
