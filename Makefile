@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Where the demo writes: embedded synthetic RoboTwin episodes, then the pipeline's stores.
 DATA ?= data/robotwin
 WORK ?= work
-EPISODES ?= 10
+EPISODES ?= 30
 SEED ?= 0
 
 export PYTHONUNBUFFERED := 1

@@ -26,7 +26,8 @@ from pydantic import BaseModel, Field
 from flows.evaluate import EvalParams, EvaluateParams, evaluate
 from flows.prepare_data import PrepareParams, prepare_data
 from flows.train_run import CellParams, run_dir
-from maniflow.datasets import dataset_path
+from maniflow.datasets import dataset_complete, dataset_path
+from maniflow.evaluate import evaluate_run
 from maniflow.paths.label import ProviderConfig
 from maniflow.replay import CONDITIONS
 from maniflow.robotwin import ENVS, SINGLE_ARM_TASKS
@@ -89,7 +90,7 @@ def train_matrix(params: MatrixParams = MatrixParams()) -> dict:
         store = dataset_path(work, cell.env, CONDITIONS[cell.condition].dataset, cell.task, label)
         if run_finished(run_dir(cell)):
             rows[name]["state"] = "finished earlier"
-        elif not (store / ".zattrs").exists():
+        elif not dataset_complete(store):
             rows[name]["state"] = "no dataset"
         else:
             run = run_deployment(params.train_deployment, parameters={"params": cell.model_dump()}, timeout=0,
@@ -122,8 +123,6 @@ def train_matrix(params: MatrixParams = MatrixParams()) -> dict:
         result["report"] = evaluate(EvaluateParams(
             work=work, runs=[str(run_dir(c)) for c in finished], preset=params.preset,
             evaluation=params.evaluation, report=params.report))["report"]
-        from maniflow.evaluate import evaluate_run
-
         for c in finished:  # cached: reads the records the evaluation just wrote
             record = evaluate_run(run_dir(c), work, params.evaluation.config())
             rows[cell_name(c)].update({"best val loss": record["train"]["best_val_loss"],

@@ -278,12 +278,16 @@ def _parts_signature(work, env, task, label: str | None, numbers) -> list:
     return [[n, *(_read_record(part_dir(work, env, task, w, n))["inputs"] for w in which)] for n in numbers]
 
 
-def _store_signature(store: Path):
+def dataset_complete(store: Path) -> bool:
+    """Whether a finished dataset store (written to the end, `complete: true`) is there."""
     try:
-        attrs = zarr.open_group(store, mode="r").attrs.asdict()
+        return zarr.open_group(store, mode="r").attrs.get("complete") is True
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        return None
-    return attrs.get("parts_signature") if attrs.get("complete") is True else None
+        return False
+
+
+def _store_signature(store: Path):
+    return zarr.open_group(store, mode="r").attrs.get("parts_signature") if dataset_complete(store) else None
 
 
 def assemble(work, env: str, task: str, label: str, kind: str, numbers: list[int], config: DatasetConfig,

@@ -25,8 +25,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import zarr
 
-from maniflow.datasets import DEFAULT_LABEL, dataset_path, draw_views, resize_frames
+from maniflow.datasets import DEFAULT_LABEL, dataset_complete, dataset_path, draw_views, resize_frames
 from maniflow.overlay import render_views
 from maniflow.paths.client import ClientConfig, Job, PathClient
 from maniflow.paths.label import ProviderConfig
@@ -80,8 +81,6 @@ class CellRun:
     def read(cls, run) -> "CellRun":
         run = Path(run)
         config = json.loads((run / "config.json").read_text())
-        import zarr
-
         attrs = zarr.open_group(config["store"], mode="r").attrs.asdict()
         label = (attrs.get("paths") or {}).get("label") or DEFAULT_LABEL
         return cls(run, config["condition"], Path(config["store"]), attrs["env"], attrs["task"], attrs["type"],
@@ -302,12 +301,9 @@ def evaluate_run(run, work, cfg: EvalConfig = EvalConfig()) -> dict:
 
 
 def _store_attrs(store: Path) -> dict:
-    import zarr
-
-    attrs = zarr.open_group(store, mode="r").attrs.asdict()
-    if attrs.get("complete") is not True:
+    if not dataset_complete(store):
         raise FileNotFoundError(f"{store}: no finished dataset store to evaluate on; prepare the data first")
-    return attrs
+    return zarr.open_group(store, mode="r").attrs.asdict()
 
 
 def write_strip(strips: list[list[np.ndarray]], success: list[bool], out: Path, frames: int) -> None:

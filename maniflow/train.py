@@ -59,10 +59,11 @@ class TrainConfig:
 PRESETS = {
     # The user's settings (seed config): 8 layers, 8 heads, width 512, 224x224, horizon 16.
     "paper": TrainConfig(holdout_episodes=5),
-    # Same code at toy sizes: about a minute on 2 CPU cores for a demo cell, and it learns.
+    # Same code at toy sizes: about two minutes on 2 CPU cores for a demo cell (30 episodes),
+    # and it learns (lr 1e-3: the toy model fits 4x lower loss in the same steps than at 3e-4).
     "demo": TrainConfig(policy=PolicyConfig(image_size=64, encoder="test_resnet", dim=128, depth=2, heads=4,
                                             dropout=0.0, inference_steps=2),
-                        batch_size=32, epochs=30, lr=3e-4, warmup_steps=20, top_k=2, holdout_episodes=2),
+                        batch_size=32, epochs=12, lr=1e-3, warmup_steps=20, top_k=2, holdout_episodes=2),
 }
 
 

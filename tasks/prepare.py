@@ -9,17 +9,20 @@ in the stores; tasks pass paths and small manifests.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 
 from maniflow import __version__
-from maniflow.datasets import DatasetConfig, assemble_datasets, render_episode, render_inputs
+from maniflow.datasets import DatasetConfig, assemble_datasets, dataset_path, render_episode, render_inputs
 from maniflow.frames import FramesStore, extract_task, frames_store_path
 from maniflow.paths.client import ClientConfig, NoEndpointAvailable
 from maniflow.paths.label import ProviderConfig, label_paths
 from maniflow.paths.store import PathStore, path_store_dir
+from maniflow.previews import contact_sheet
 from maniflow.robotwin import discover_episodes
 
 
@@ -94,6 +97,22 @@ def label_episode(work: str, env: str, task_name: str, number: int, provider: Pr
     return {"episode": number, "stats": stats}
 
 
+def publish_preview(work: str, env: str, task_name: str, label: str, summary: dict) -> None:
+    """Markdown artifact: the task's path-parse statistics and an overlay contact sheet."""
+    sheet = contact_sheet(work, env, task_name, label, dataset_path(work, env, "overlay", task_name, label).parent
+                          / "previews" / f"{env}_{task_name}-{label}.png")
+    parsed = 100 * summary["total"]["parsed_share"]
+    rows = "\n".join(f"| {n} | {s['frames']} | {s['ok']} | {s['repaired']} | {s['failed']} | {s['error']} |"
+                     for n, s in summary["episodes"].items())
+    image = base64.b64encode(sheet.read_bytes()).decode()
+    key = "".join(c if c.isalnum() else "-" for c in f"paths-{env}-{task_name}-{label}".lower())
+    create_markdown_artifact(
+        f"### Paths {env}/{task_name} [{label}]: {parsed:.1f}% parsed\n\n"
+        f"| episode | frames | ok | repaired | failed | no answer |\n|---|---|---|---|---|---|\n{rows}\n\n"
+        f"![overlay preview](data:image/png;base64,{image})", key=key,
+        description=f"path statistics and overlay preview of {env}/{task_name}")
+
+
 # --- datasets -----------------------------------------------------------------------------------
 
 def _render_key(ctx, p) -> str:
@@ -118,8 +137,10 @@ def assemble(work: str, env: str, task_name: str, label: str, numbers: list[int]
              rendered: list[dict] | None = None) -> dict:
     """Write the task's path summary and the original, overlay and concat stores (a no-op when
     they are up to date)."""
-    PathStore(path_store_dir(work, label, env, task_name)).write_summary(
+    summary = PathStore(path_store_dir(work, label, env, task_name)).write_summary(
         {"env": env, "task": task_name, "camera": "head"})
     stores, assembled = assemble_datasets(work, env, task_name, label, numbers, config)
+    if assembled:
+        publish_preview(work, env, task_name, label, summary)
     return {"stores": {k: str(v) for k, v in stores.items()}, "assembled": assembled,
             "paths": str(path_store_dir(work, label, env, task_name))}
