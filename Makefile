@@ -80,6 +80,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_paths.py
 	$(BIN)/python benchmarks/bench_datasets.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_eval.py
 
 clean: down
 	rm -rf $(DATA) $(WORK) .prefect
