@@ -46,8 +46,9 @@ class PrepareParams(BaseModel):
     cluttered_config: str = DEFAULT_CONFIG_NAMES["cluttered"]
 
 
-def dask_runner() -> DaskTaskRunner:
-    address = os.environ.get("MANIFLOW_DASK_ADDRESS")
+def dask_runner(address: str | None = None) -> DaskTaskRunner:
+    """The cluster at `address` (or $MANIFLOW_DASK_ADDRESS), else a local one sized to the machine."""
+    address = address or os.environ.get("MANIFLOW_DASK_ADDRESS")
     if address:
         return DaskTaskRunner(address=address)
     workers = max(1, min(4, os.cpu_count() or 1))

@@ -24,7 +24,7 @@ from prefect.deployments import run_deployment
 from pydantic import BaseModel, Field
 
 from flows.evaluate import EvalParams, EvaluateParams, evaluate
-from flows.prepare_data import PrepareParams, prepare_data
+from flows.prepare_data import PrepareParams, dask_runner, prepare_data
 from flows.train_run import CellParams, run_dir
 from maniflow.datasets import dataset_complete, dataset_path
 from maniflow.evaluate import evaluate_run
@@ -50,6 +50,8 @@ class MatrixParams(BaseModel):
     epochs: int | None = Field(None, description="override the preset's epochs")
     device: str = "auto"
     prepare: bool = Field(True, description="run prepare-data first (cached)")
+    dask_address: str = Field(os.environ.get("MANIFLOW_DASK_ADDRESS", ""),
+                              description="Dask scheduler for prepare-data (empty: a local cluster)")
     data: PrepareParams = Field(PrepareParams(), description="path labelling and rendering (envs, tasks, root and "
                                 "work come from the matrix)")
     evaluation: EvalParams = EvalParams()
@@ -76,7 +78,8 @@ def train_matrix(params: MatrixParams = MatrixParams()) -> dict:
                                           "envs": sorted(set(params.envs) | {params.evaluation.env}),
                                           "tasks": params.tasks})
     if params.prepare:
-        state = prepare_data(data, return_state=True)
+        prepare = prepare_data.with_options(task_runner=dask_runner(params.dask_address or None))
+        state = prepare(data, return_state=True)
         if not state.is_completed():  # cells whose datasets exist still run
             logger.warning("prepare-data did not finish everything: %s", state.message)
     label = ProviderConfig(kind=data.provider, label=data.label).name

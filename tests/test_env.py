@@ -72,3 +72,19 @@ def test_bootstrap_interval_and_paired_difference():
     assert text.startswith("overlay beats original by 50.0 points of success, 95% CI [")
     assert "excludes zero" in text
     assert "trails" in in_words("a", "b", paired_difference(x, better))
+
+
+def test_closed_loop_paths_can_come_from_a_vlm_server_over_http(small_work, path_server):
+    """The VLM path source speaks the HAMSTER protocol to a real loopback server: one request
+    per observed frame, answers parsed into full-frame paths."""
+    from maniflow.evaluate import VLMPaths
+    from maniflow.paths.client import ClientConfig
+    from maniflow.paths.label import ProviderConfig
+
+    server = path_server(small_work, 2)
+    source = VLMPaths(ProviderConfig(kind="hamster"), ClientConfig(endpoints=server.urls))
+    envs = [TabletopEnv("click_bell", "cluttered", i) for i in range(3)]
+    paths = source(envs, [e.observe().rgb for e in envs])
+    assert len(paths) == 3 and all(len(p) >= 2 for p in paths)
+    assert all(0 <= x <= 1 and 0 <= y <= 1 for p in paths for x, y, *_ in p)
+    assert server.total("answered") == 3
