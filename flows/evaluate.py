@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from maniflow.evaluate import CellRun, EvalConfig
 from maniflow.synthetic.env import EVAL_SEED
-from maniflow.train import run_finished
+from maniflow.train import finished_runs
 from tasks.evaluate import baselines, evaluate_cell, report
 
 
@@ -51,16 +51,12 @@ class EvaluateParams(BaseModel):
     title: str = "ManiFlow path-guidance matrix"
 
 
-def finished_runs(work, preset: str) -> list[str]:
-    return [str(p) for p in sorted((Path(work) / "runs").glob(f"*_{preset}_seed*")) if run_finished(p)]
-
-
 @flow(name="evaluate", flow_run_name="evaluate {params.preset}", task_runner=ThreadPoolTaskRunner(max_workers=2),
       log_prints=True)
 def evaluate(params: EvaluateParams = EvaluateParams()) -> dict:
     logger = get_run_logger()
     work = str(Path(params.work).resolve())
-    runs = [str(Path(r).resolve()) for r in params.runs] or finished_runs(work, params.preset)
+    runs = [str(Path(r).resolve()) for r in params.runs] or [str(r) for r in finished_runs(work, params.preset)]
     if not runs:
         raise FileNotFoundError(f"no finished runs of preset {params.preset!r} under {work}/runs")
     cfg = params.evaluation.config()

@@ -264,14 +264,13 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from maniflow.evaluate import EvalConfig, evaluate_runs
     from maniflow.report import build_report
-    from maniflow.train import run_finished
+    from maniflow.train import finished_runs, run_finished
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    runs = args.runs or sorted(p for p in (Path(args.work) / "runs").glob(f"*_{args.preset}_seed*") if p.is_dir())
-    unfinished = [r for r in runs if not run_finished(r)]
-    for r in unfinished:
+    runs = args.runs or finished_runs(args.work, args.preset)
+    for r in [r for r in runs if not run_finished(r)]:
         print(f"skipping {r}: training not finished", file=sys.stderr)
-    runs = [r for r in runs if r not in unfinished]
+    runs = [r for r in runs if run_finished(r)]
     if not runs:
         raise FileNotFoundError(f"no finished runs to evaluate under {Path(args.work) / 'runs'}")
     cfg = EvalConfig(episodes=args.episodes, seed=args.seed, execute_steps=args.execute_steps,

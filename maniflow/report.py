@@ -13,7 +13,6 @@ the `evaluate` flow and `maniflow evaluate`.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections import defaultdict
@@ -37,24 +36,19 @@ def _outcomes(records: list[dict]) -> dict:
     return out
 
 
-def _stack(cells: dict, keys_a: list, keys_b: list | None = None):
-    """Paired (tasks, seeds, episodes) arrays for cells a (and b) over the seeds both have."""
+def _paired(cells: dict, keys_a: list, keys_b: list):
+    """(tasks, seeds, episodes) outcome arrays of cells a and b over the seeds both have (the
+    smallest common number of seeds across tasks)."""
     a_rows, b_rows = [], []
-    for i, ka in enumerate(keys_a):
-        kb = keys_b[i] if keys_b else None
-        seeds = sorted(set(cells[ka]) & (set(cells[kb]) if kb else set(cells[ka])))
-        if not seeds:
-            continue
-        a_rows.append([cells[ka][s] for s in seeds])
-        if kb:
+    for ka, kb in zip(keys_a, keys_b):
+        seeds = sorted(set(cells[ka]) & set(cells[kb]))
+        if seeds:
+            a_rows.append([cells[ka][s] for s in seeds])
             b_rows.append([cells[kb][s] for s in seeds])
     if not a_rows:
         return None, None
-    # Tasks may have different seed counts: keep the smallest common number of seeds.
     n = min(len(r) for r in a_rows)
-    a = np.array([r[:n] for r in a_rows], np.float64)
-    b = np.array([r[:n] for r in b_rows], np.float64) if keys_b else None
-    return a, b
+    return np.array([r[:n] for r in a_rows], np.float64), np.array([r[:n] for r in b_rows], np.float64)
 
 
 def answers(records: list[dict]) -> list[tuple[str, list[str]]]:
@@ -67,7 +61,9 @@ def answers(records: list[dict]) -> list[tuple[str, list[str]]]:
         common = [t for t in tasks if (*a, t) in cells and (*b, t) in cells]
         if not common:
             return None
-        xa, xb = _stack(cells, [(*a, t) for t in common], [(*b, t) for t in common])
+        xa, xb = _paired(cells, [(*a, t) for t in common], [(*b, t) for t in common])
+        if xa is None:
+            return None
         d = paired_difference(xa, xb)
         return f"{in_words(name_a, name_b, d)}; {len(common)} task(s), {xa.shape[1]} seed(s) x {xa.shape[2]} episodes."
 
@@ -243,6 +239,3 @@ def _training_curves(path: Path, records: list[dict]):
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
-
-def load_results(report_dir) -> dict:
-    return json.loads((Path(report_dir) / "results.json").read_text())

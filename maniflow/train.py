@@ -89,6 +89,11 @@ def run_finished(run) -> bool:
         return False
 
 
+def finished_runs(work, preset: str) -> list[Path]:
+    """The finished runs of a preset under `{work}/runs`."""
+    return [p for p in sorted((Path(work) / "runs").glob(f"*_{preset}_seed*")) if run_finished(p)]
+
+
 def pick_device(name: str) -> torch.device:
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
                         ("cpu" if name == "auto" else name))

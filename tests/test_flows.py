@@ -69,49 +69,6 @@ def _task_states(flow_run_id) -> dict[str, str]:
     return {r.name: r.state.name for r in runs}
 
 
-def test_prepare_data_caches_and_isolates_failed_episodes(dask_address, small_root, tmp_path, path_server):
-    from prefect_dask import DaskTaskRunner
-
-    from flows.prepare_data import PrepareParams
-    from flows.prepare_data import prepare_data as flow
-
-    prepare_data = flow.with_options(task_runner=DaskTaskRunner(address=dask_address))
-
-    work = tmp_path / "work"
-    base = dict(root=str(small_root), work=str(work), envs=["clean"], tasks=["click_bell"], resolution=48)
-
-    # 1. Oracle paths: everything runs once, then everything is cached.
-    first = prepare_data(PrepareParams(**base, provider="oracle"), return_state=True)
-    assert first.is_completed()
-    stores = first.result()["clean/click_bell"]["stores"]
-    assert all(Path(p).exists() for p in stores.values())
-    summary = json.loads((work / "paths/oracle/clean/click_bell/summary.json").read_text())
-    assert len(summary["episodes"]) == 3 and summary["total"]["ok"] == summary["total"]["frames"] > 0
-    again = prepare_data(PrepareParams(**base, provider="oracle"), return_state=True)
-    states = _task_states(again.state_details.flow_run_id)
-    assert {v for k, v in states.items() if not k.startswith("assemble")} == {"Cached"}
-    assert again.result()["clean/click_bell"]["assembled"] is False  # nothing rewritten
-
-    # 2. HAMSTER paths with the server down: the labelling tasks fail, extraction stays cached.
-    hamster = dict(base, provider="hamster", endpoints=["http://127.0.0.1:9"], give_up_after_s=1.0,
-                   label_retries=0)
-    failed = prepare_data(PrepareParams(**hamster), return_state=True)
-    assert failed.is_failed()
-    states = _task_states(failed.state_details.flow_run_id)
-    assert states["extract clean/click_bell"] == "Cached"
-    assert {v for k, v in states.items() if k.startswith("paths")} == {"Failed"}
-    assert not any(k.startswith("render") and v == "Completed" for k, v in states.items())
-
-    # 3. The server is back: a new run labels and renders, and reuses the extraction.
-    server = path_server(work, 2)
-    done = prepare_data(PrepareParams(**dict(hamster, endpoints=list(server.urls))), return_state=True)
-    assert done.is_completed()
-    states = _task_states(done.state_details.flow_run_id)
-    assert states["extract clean/click_bell"] == "Cached"
-    assert {v for k, v in states.items() if k.startswith(("paths", "render"))} == {"Completed"}
-    assert Path(done.result()["clean/click_bell"]["stores"]["overlay"]).name == "clean_overlay_click_bell.zarr"
-
-
 def test_train_run_names_itself_reports_progress_and_resumes(prefect_server, small_root, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -191,9 +148,9 @@ def _subflow_task_states(parent_id, flow_name: str) -> dict[str, str]:
     return _task_states(latest.id)  # a retried parent has one child per attempt
 
 
-def test_train_matrix_on_workers_outage_retry_and_nothing_twice(prefect_server, small_root, tmp_path, path_server):
-    """The user's loop against a real server and process workers, deployed from prefect.yaml:
-    a tiny train-matrix whose path server goes down mid-labelling fails exactly the episodes it
+def test_train_matrix_on_workers_outage_retry_and_nothing_twice(dask_address, small_root, tmp_path, path_server):
+    """The user's loop against a real server and process workers, deployed from prefect.yaml,
+    data prepared on an existing Dask cluster (`dask_address`): a tiny train-matrix whose path server goes down mid-labelling fails exactly the episodes it
     did not answer; `prefect flow-run retry` after the server is back labels only those, trains
     the cells (each its own train-run flow run) and writes the report; running the matrix again
     computes nothing."""
@@ -235,7 +192,7 @@ def test_train_matrix_on_workers_outage_retry_and_nothing_twice(prefect_server, 
     try:
         params = {"work": str(work), "root": str(small_root), "envs": ["clean"], "tasks": ["click_bell"],
                   "conditions": ["original", "overlay_current"], "preset": "demo", "epochs": 1, "device": "cpu",
-                  "poll_s": 1, "report": "tiny",
+                  "poll_s": 1, "report": "tiny", "dask_address": dask_address,
                   "data": {"provider": "hamster", "endpoints": [f"http://127.0.0.1:{port}"], "resolution": 48,
                            "label_retries": 0, "give_up_after_s": 2},
                   "evaluation": {"episodes": 2, "execute_steps": 8}}
