@@ -17,7 +17,17 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_CLI_PROMPT := false
 
-.PHONY: setup up down demo demo-cli demo-vlm-paths test bench clean
+# ManiSkill 3: its own data root and work directory (the matrix report stays apart from the demo's).
+MS_DATA ?= data/maniskill
+MS_WORK ?= work/maniskill
+MS_TASK ?= push_cube
+MS_EPISODES ?= 50
+PLANNER := .venv-planner
+MS_STAMP := $(VENV)/.maniskill
+PLANNER_STAMP := $(PLANNER)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup up down demo demo-cli demo-vlm-paths maniskill mesa maniskill-demo test bench clean
 
 setup: $(STAMP)
 
@@ -72,15 +82,53 @@ demo-vlm-paths: $(STAMP)
 	endpoints=$$($(BIN)/python -c "import json,sys; print(','.join(json.load(open(sys.argv[1]))['urls']))" $$ready); \
 	$(BIN)/maniflow paths --provider hamster --work $(WORK) --endpoints $$endpoints
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+# ManiSkill 3 (SAPIEN) on the CPU: Mesa 25's lavapipe Vulkan driver from bookworm-backports
+# (SAPIEN refuses Debian 12's Mesa 22), ManiSkill in .venv without touching its NumPy 2, and
+# the motion planner (mplib 0.1.1 needs NumPy < 2) in .venv-planner, called as a subprocess.
+maniskill: mesa $(MS_STAMP) $(PLANNER_STAMP)
 
-bench: $(STAMP)
+mesa:
+	@if ! dpkg --compare-versions "$$(dpkg-query -W -f='$${Version}' mesa-vulkan-drivers 2>/dev/null || echo 0)" ge 25; then \
+	  echo "installing Mesa 25 (lavapipe: Vulkan on the CPU) from bookworm-backports"; \
+	  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+	    | $(SUDO) tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers libvulkan1 >/dev/null; \
+	fi
+
+$(MS_STAMP): $(STAMP) requirements-maniskill.lock
+	$(BIN)/pip install --quiet --no-deps -c requirements.lock -r requirements-maniskill.lock
+	touch $@
+
+# NumPy 1.26 + mplib in their own site-packages, .venv's packages after them (a .pth file).
+$(PLANNER_STAMP): $(MS_STAMP) requirements-planner.lock
+	rm -rf $(PLANNER)
+	$(PYTHON) -m venv $(PLANNER)
+	$(PLANNER)/bin/pip install --quiet --no-deps -r requirements-planner.lock
+	purelib='import sysconfig; print(sysconfig.get_paths()["purelib"])'; \
+	$(BIN)/python -c "$$purelib" > "$$($(PLANNER)/bin/python -c "$$purelib")/zz-maniflow-venv.pth"
+	touch $@
+
+# A ManiSkill matrix on the stack: expert demonstrations of MS_TASK in both scenes, then the
+# train-matrix/maniskill deployment (demo preset, closed-loop evaluation in ManiSkill).
+maniskill-demo: maniskill up
+	$(BIN)/maniflow maniskill-generate --out $(MS_DATA) --tasks $(MS_TASK) --episodes $(MS_EPISODES) --workers 2
+	$(BIN)/python deployments/run.py train-matrix/maniskill \
+	  --param 'params={"work": "$(CURDIR)/$(MS_WORK)", "root": "$(CURDIR)/$(MS_DATA)", "tasks": ["$(MS_TASK)"]}'
+	@echo "report: $(MS_WORK)/reports/maniskill/report.md"
+
+# Test files run on TEST_WORKERS processes (pytest-xdist), a file's tests together on one.
+TEST_WORKERS ?= 2
+test: $(STAMP) maniskill
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+bench: $(STAMP) maniskill
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_paths.py
 	$(BIN)/python benchmarks/bench_datasets.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_eval.py
+	$(BIN)/python benchmarks/bench_maniskill.py
 
 clean: down
-	rm -rf $(DATA) $(WORK) .prefect
+	rm -rf $(DATA) $(WORK) $(MS_DATA) $(MS_WORK) .prefect

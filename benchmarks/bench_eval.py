@@ -25,7 +25,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from maniflow.evaluate import EvalConfig, closed_loop, policy_images
+from maniflow.evaluate import EvalConfig, closed_loop, evaluation_envs, policy_images
 from maniflow.policy import ManiFlowPolicy
 from maniflow.synthetic.env import TabletopEnv
 from maniflow.train import PRESETS
@@ -73,7 +73,7 @@ def main() -> None:
     condition = "overlay_current"
 
     start = time.perf_counter()
-    result = closed_loop(policy, condition, args.task, RESOLUTION, cfg)
+    result = closed_loop(policy, condition, evaluation_envs(args.task, cfg), RESOLUTION, cfg)
     ours_s = time.perf_counter() - start
     ours_steps = sum(result["steps"])
 

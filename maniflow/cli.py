@@ -1,6 +1,8 @@
 """`maniflow`: run each pipeline stage without Prefect, for one episode, one task or all.
 
     maniflow generate      write the embedded synthetic RoboTwin 2.0 episodes
+    maniflow maniskill-generate  ManiSkill 3 expert demonstrations, as RoboTwin 2.0 episodes
+    maniflow maniskill-import    a ManiSkill trajectory (.h5 + .json) as RoboTwin 2.0 episodes
     maniflow extract       episodes of (env, task) -> frames store (decoded once, Zarr)
     maniflow paths         label every frame with a path (VLM server or oracle), resumably
     maniflow serve-paths   loopback VLM server speaking the HAMSTER / PEEK / OpenAI protocol
@@ -54,6 +56,37 @@ def cmd_generate(args) -> int:
           f"({len(cfg.tasks)} tasks x {len(cfg.envs)} envs x {cfg.episodes} episodes, seed {cfg.seed})")
     generate_dataset(args.out, cfg, workers=args.workers)
     print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_maniskill_generate(args) -> int:
+    from maniflow.maniskill import TASKS
+    from maniflow.maniskill.importer import generate_task
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    unknown = set(args.tasks) - set(TASKS)
+    if unknown:
+        raise ValueError(f"unknown ManiSkill task(s) {sorted(unknown)}; known: {', '.join(TASKS)}")
+    start = time.perf_counter()
+    for task in args.tasks:
+        for env in args.envs:
+            r = generate_task(args.out, task, env, args.episodes, args.seed, args.camera_size, args.workers,
+                              _config_names(args))
+            print(f"{task}/{env}: " + (f"up to date ({r['skipped']} episodes)" if not r["written"] else
+                  f"wrote {r['written']} episodes, {r['frames']} frames ({r['failed_plans']} seeds the "
+                  "expert failed were skipped)"), flush=True)
+    print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_maniskill_import(args) -> int:
+    from maniflow.maniskill.importer import import_trajectory
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    records = import_trajectory(args.trajectory, args.out, args.task, args.env, _config_names(args),
+                                args.first_index, camera_size=args.camera_size, instruction=args.instruction)
+    print(f"{args.trajectory}: wrote {len(records)} episodes ({sum(r['frames'] for r in records)} frames) to "
+          f"{args.out}/{args.task}/{_config_names(args)[args.env]}")
     return 0
 
 
@@ -320,6 +353,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_names(p)
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("maniskill-generate", help="ManiSkill 3 expert demonstrations as RoboTwin episodes",
+                       description="Plan demonstrations with ManiSkill's motion-planning experts (in the "
+                       "planner environment, `make maniskill`) in the clean scene and the cluttered scene "
+                       "(distractor primitives on the table), replay them on the CPU renderer and write "
+                       "{out}/{task}/{config}/data/episode{N}.hdf5 in RoboTwin 2.0's layout. Seeds the expert "
+                       "fails are skipped; an identical existing set is left alone.")
+    p.add_argument("--out", default="data/maniskill", help="data root to write (default %(default)s)")
+    p.add_argument("--tasks", type=_csv, default=("pick_cube",),
+                   help="comma-separated: pick_cube, push_cube, pull_cube, stack_cube (default pick_cube)")
+    p.add_argument("--envs", type=_csv, default=ENVS, help="comma-separated: clean,cluttered (default both)")
+    p.add_argument("--episodes", type=int, default=20, help="episodes per task and env (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="first seed tried (default %(default)s)")
+    p.add_argument("--camera-size", type=int, default=128, help="camera width and height (default %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="rendering processes (default %(default)s)")
+    _add_config_names(p)
+    p.set_defaults(func=cmd_maniskill_generate)
+
+    p = sub.add_parser("maniskill-import", help="a ManiSkill trajectory .h5 + .json as RoboTwin episodes",
+                       description="Replay every episode of a ManiSkill trajectory file (RecordEpisode or "
+                       "replay_trajectory output: needs env_states) and write it as RoboTwin 2.0 episodes.")
+    p.add_argument("--trajectory", type=Path, required=True, help="the .h5 (its .json next to it)")
+    p.add_argument("--out", default="data/maniskill", help="data root (default %(default)s)")
+    p.add_argument("--task", required=True, help="task name to file the episodes under")
+    p.add_argument("--env", choices=ENVS, required=True, help="which environment the episodes belong to")
+    p.add_argument("--first-index", type=int, default=0, help="number of the first episode written")
+    p.add_argument("--camera-size", type=int, default=None, help="re-render at this size (default: as recorded)")
+    p.add_argument("--instruction", default=None, help="instruction (needed for tasks maniflow does not know)")
+    _add_config_names(p)
+    p.set_defaults(func=cmd_maniskill_import)
+
     p = sub.add_parser("extract", help="decode episodes into frames stores (Zarr), resumably",
                        description="For each (env, task): decode every episode of "
                        "{root}/{task}/{config}/data once into {work}/frames/{env}/{task}.zarr. A rerun "
@@ -501,10 +564,11 @@ def main(argv=None) -> int:
         print(f"unknown env(s) {sorted(unknown_envs)}; use clean and/or cluttered", file=sys.stderr)
         return 2
     from maniflow.frames import IncompleteStoreError
+    from maniflow.maniskill.planner import PlannerError
 
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, IncompleteStoreError) as e:
+    except (FileNotFoundError, ValueError, IncompleteStoreError, PlannerError) as e:
         print(f"maniflow {args.command}: {e}", file=sys.stderr)
         return 2
 

@@ -3,7 +3,7 @@
     {work}/datasets/{env}_original_{task}.zarr    data/image
     {work}/datasets/{env}_overlay_{task}.zarr     data/overlay_image          (path drawn on RGB)
     {work}/datasets/{env}_concat_{task}.zarr      data/image, data/path_image (path on black)
-      every store: data/state (N, 14) float32, data/action (N, 14) float32,
+      every store: data/state (N, D) float32, data/action (N, D) float32,
                    meta/episode_ends (E,) int64, meta/episode_index (E,) int64
 
 The user's names and keys (seed 000), Zarr format 2 (ReplayBuffer-compatible). Images are

@@ -1,11 +1,14 @@
-"""Evaluate a trained cell: offline on held-out episodes, closed loop in the synthetic env.
+"""Evaluate a trained cell: offline on held-out episodes, closed loop in a simulator.
 
     offline      the store's held-out episodes (`holdout_episodes`, never trained or validated
                  on) of the evaluation env: action error over the predicted chunk, normalised
                  (MSE in the policy's [-1, 1] space) and in joint units (MAE), per chunk step,
                  and the validation loss; EMA weights, the configured inference steps, fixed noise
     closed loop  `episodes` layouts of the evaluation env from `seed` (the same for every
-                 cell); the policy's action chunks run `execute_steps` at a time; overlay
+                 cell): the synthetic tabletop env for RoboTwin tasks, ManiSkill (CPU SAPIEN)
+                 for ManiSkill tasks, whose layouts are the first `episodes` seeds from `seed`
+                 that ManiSkill's expert solves (planned once into `{work}/maniskill/`);
+                 the policy's action chunks run `execute_steps` at a time; overlay
                  conditions get their path from the same provider interface as in training
                  (oracle by default, or a VLM endpoint) and the initial image is frame 0's
 
@@ -16,9 +19,11 @@ evaluated on the same layouts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,6 +33,8 @@ import torch
 import zarr
 
 from maniflow.datasets import DEFAULT_LABEL, dataset_complete, dataset_path, draw_views, resize_frames
+from maniflow.frames import frames_store_path
+from maniflow.maniskill import DISTRACTORS, is_maniskill_task
 from maniflow.overlay import render_views
 from maniflow.paths.client import ClientConfig, Job, PathClient
 from maniflow.paths.label import ProviderConfig
@@ -112,7 +119,7 @@ def policy_images(frames: np.ndarray, paths: list | None, condition: str, resolu
 class OraclePaths:
     """The environment's ground-truth path, as the oracle provider labels the data."""
 
-    def __call__(self, envs: list[TabletopEnv], frames: list[np.ndarray]) -> list[list]:
+    def __call__(self, envs: list, frames: list[np.ndarray]) -> list[list]:
         return [e.oracle_path() for e in envs]
 
 
@@ -124,7 +131,7 @@ class VLMPaths:
         self.provider, self.client = provider, PathClient(client)
         self.last: dict[int, list] = {}
 
-    def __call__(self, envs: list[TabletopEnv], frames: list[np.ndarray]) -> list[list]:
+    def __call__(self, envs: list, frames: list[np.ndarray]) -> list[list]:
         wire = WIRES[self.provider.kind]
         jobs = []
         for env, rgb in zip(envs, frames):
@@ -153,16 +160,43 @@ def path_source(cfg: EvalConfig):
 
 # -- closed loop -------------------------------------------------------------------------------
 
+# A process's ManiSkill envs share one SAPIEN renderer: one closed loop at a time per process
+# (the evaluate flow runs cells in threads).
+_SIMULATOR = threading.Lock()
+
+
+def simulating(task: str):
+    return _SIMULATOR if is_maniskill_task(task) else contextlib.nullcontext()
+
+
+def evaluation_envs(task: str, cfg: EvalConfig, work=None) -> list:
+    """The `cfg.episodes` evaluation layouts of `task`, reset: synthetic envs for RoboTwin tasks,
+    ManiSkill envs (planned once under `{work}/maniskill/eval-plans/`) for ManiSkill tasks."""
+    if not is_maniskill_task(task):
+        return [TabletopEnv(task, cfg.env, i, cfg.env_config()) for i in range(cfg.episodes)]
+    from maniflow.maniskill.env import ManiSkillEnv, read_trajectories
+    from maniflow.maniskill.planner import plan_demos
+
+    if work is None:
+        raise ValueError(f"{task}: ManiSkill evaluation needs the work directory (its expert plans live there)")
+    plans = Path(work) / "maniskill" / "eval-plans" / task / f"{cfg.env}-seed{cfg.seed}-n{cfg.episodes}"
+    plan_demos(plans, task, DISTRACTORS[cfg.env], cfg.episodes, cfg.seed)
+    env_info, trajs = read_trajectories(plans / "trajectory.h5")
+    frames = zarr.open_group(frames_store_path(work, cfg.env, task), mode="r")["data/rgb"]
+    camera = {"sensor_configs": {"width": int(frames.shape[2]), "height": int(frames.shape[1])}}
+    kwargs = {**env_info["env_kwargs"], **camera}  # the training data's camera size
+    return [ManiSkillEnv(task, kwargs, t) for t in trajs]
+
+
 @torch.no_grad()
-def closed_loop(policy: ManiFlowPolicy, condition: str, task: str, resolution: int, cfg: EvalConfig,
+def closed_loop(policy: ManiFlowPolicy, condition: str, envs: list, resolution: int, cfg: EvalConfig,
                 paths=None) -> dict:
-    """Run the policy on `cfg.episodes` layouts at once (one batched policy call per chunk).
+    """Run the policy on the (reset) `envs` at once (one batched policy call per chunk).
     Returns per-episode success and steps, and the frames of the first `cfg.strips` episodes."""
     device = next(policy.parameters()).device
     cond = CONDITIONS[condition]
     uses_paths = cond.dataset != "original"
     paths = paths or (path_source(cfg) if uses_paths else None)
-    envs = [TabletopEnv(task, cfg.env, i, cfg.env_config()) for i in range(cfg.episodes)]
     n_obs, execute = policy.cfg.n_obs_steps, min(cfg.execute_steps, policy.cfg.n_action_steps)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     strips: list[list[np.ndarray]] = [[] for _ in range(min(cfg.strips, len(envs)))]
@@ -206,12 +240,11 @@ def closed_loop(policy: ManiFlowPolicy, condition: str, task: str, resolution: i
             "max_steps": [int(e.max_steps) for e in envs], "strips": strips}
 
 
-def baseline(task: str, kind: str, cfg: EvalConfig) -> dict:
+def baseline(task: str, kind: str, cfg: EvalConfig, work=None) -> dict:
     """Closed-loop success of a reference policy on the evaluation layouts: `do_nothing` (holds
-    its pose) or `expert` (replays the generator's script)."""
+    its pose) or `expert` (replays the generator's script / ManiSkill's plan)."""
     success, steps = [], []
-    for i in range(cfg.episodes):
-        env = TabletopEnv(task, cfg.env, i, cfg.env_config())
+    for env in evaluation_envs(task, cfg, work):
         script = env.expert_vectors()
         while not env.done:
             env.step(env.state() if kind == "do_nothing" else script[min(env.t + 1, len(script) - 1)])
@@ -278,7 +311,8 @@ def evaluate_run(run, work, cfg: EvalConfig = EvalConfig()) -> dict:
     resolution = int(_store_attrs(eval_store)["resolution"])
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     log.info("evaluating %s (%s) on %d %s layouts", cell.run.name, checkpoint.name, cfg.episodes, cfg.env)
-    loop = closed_loop(policy, cell.condition, cell.task, resolution, cfg)
+    with simulating(cell.task):
+        loop = closed_loop(policy, cell.condition, evaluation_envs(cell.task, cfg, work), resolution, cfg)
     strip = cell.run / "eval" / f"{out.stem}-strip.png"
     if loop["strips"]:
         write_strip(loop["strips"], loop["success"], strip, cfg.strip_frames)
@@ -331,7 +365,8 @@ def evaluate_baselines(work, task: str, cfg: EvalConfig = EvalConfig()) -> dict:
     out = Path(work) / "eval" / "baselines" / f"{task}-{key}.json"
     if out.exists():
         return json.loads(out.read_text())
-    record = {kind: baseline(task, kind, cfg) for kind in ("do_nothing", "expert")}
+    with simulating(task):
+        record = {kind: baseline(task, kind, cfg, work) for kind in ("do_nothing", "expert")}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, record)
     return record

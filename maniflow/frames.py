@@ -2,8 +2,8 @@
 
     {work}/frames/{env}/{task}.zarr          (head camera; other cameras: {task}@{camera}.zarr)
       data/rgb           (N, H, W, 3) uint8   native resolution, one chunk per frame
-      data/state         (N, 14) float64      joint vector of frame t
-      data/action        (N, 14) float64      joint vector of frame t+1 (see below)
+      data/state         (N, D) float64       joint vector of frame t (D = 14: RoboTwin)
+      data/action        (N, D) float64       joint vector of frame t+1 (see below)
       data/{left,right}_endpose   (N, 7)      [x, y, z, qw, qx, qy, qz]
       data/{left,right}_gripper   (N,)        1 open, 0 closed
       data/intrinsic_cv (N, 3, 3), data/extrinsic_cv (N, 3, 4), data/cam2world_gl (N, 4, 4)

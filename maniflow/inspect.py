@@ -121,7 +121,7 @@ def describe_episode(path: Path) -> str:
                 lines.append(f"  {arm} arm: end-effector travel {travel:.3f} m, gripper "
                              f"{_gripper_events(arrays.gripper[arm])}")
             v = arrays.vector
-            lines.append(f"  joint vector (T, 14): min {np.round(v.min(0), 2).tolist()}")
+            lines.append(f"  joint vector (T, {v.shape[1]}): min {np.round(v.min(0), 2).tolist()}")
             lines.append(f"                        max {np.round(v.max(0), 2).tolist()}")
         except EpisodeError as e:
             lines.append(f"  INVALID: {e}")

@@ -38,7 +38,7 @@ class PolicyConfig:
     encoder: str = "resnet18"
     share_encoder: bool = False
     encoder_weights: str | None = None
-    action_dim: int = 14
+    action_dim: int = 14  # the joint vector's width; training sets it from the data
     horizon: int = 16
     n_obs_steps: int = 2
     n_action_steps: int = 16

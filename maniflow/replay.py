@@ -120,8 +120,8 @@ class Windows:
         return len(self.table)
 
     def batch(self, ids: torch.Tensor) -> dict:
-        """obs: current (B, n_obs, C, H, W) uint8, agent_pos (B, n_obs, 14), and initial
-        (B, C, H, W) uint8 when the condition uses it; action (B, horizon, 14)."""
+        """obs: current (B, n_obs, C, H, W) uint8, agent_pos (B, n_obs, D), and initial
+        (B, C, H, W) uint8 when the condition uses it; action (B, horizon, D)."""
         rows = self.table[ids]
         obs_rows = rows[:, :self.n_obs_steps]
         d = self.data

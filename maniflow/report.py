@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maniflow.maniskill import is_maniskill_task
 from maniflow.stats import Estimate, bootstrap, in_words, paired_difference
 from maniflow.storage import temp_sibling, write_json
 
@@ -105,8 +106,10 @@ def build_report(records: list[dict], baselines: dict[str, dict], out, title: st
     seeds = sorted({r["seed"] for r in records})
     eval_cfg = records[0]["eval"] if records else {}
 
+    simulators = " and ".join(sorted({"ManiSkill 3 (SAPIEN, CPU)" if is_maniskill_task(t) else
+                                      "the synthetic environment" for t in tasks}))
     md = [f"# {title}", ""]
-    md += [f"Evaluated in closed loop on **{eval_cfg.get('env', 'cluttered')}** scenes of the synthetic environment: "
+    md += [f"Evaluated in closed loop on **{eval_cfg.get('env', 'cluttered')}** scenes of {simulators}: "
            f"{eval_cfg.get('episodes', '?')} layouts per task (seed {eval_cfg.get('seed', '?')}, the same for every "
            f"cell), training seeds {seeds}, paths from `{eval_cfg.get('provider', '?')}`, "
            f"{eval_cfg.get('execute_steps', '?')} actions executed per predicted chunk. "

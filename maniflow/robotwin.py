@@ -14,6 +14,7 @@ raises `EpisodeError`, which names the file, the key and (where there is one) th
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from pathlib import Path
 import cv2
 import h5py
 import numpy as np
+
+from maniflow.storage import temp_sibling
 
 SINGLE_ARM_TASKS = (
     "beat_block_hammer",
@@ -200,7 +203,7 @@ class EpisodeArrays:
     """The numeric contents of an episode, checked for length and finiteness."""
 
     num_frames: int
-    vector: np.ndarray  # (T, 14)
+    vector: np.ndarray  # (T, D): 14 for RoboTwin's two arms
     endpose: dict[str, np.ndarray]  # arm -> (T, 7)
     gripper: dict[str, np.ndarray]  # arm -> (T,)
     camera: CameraMatrices
@@ -249,12 +252,14 @@ class RoboTwinEpisode:
         except (OSError, RuntimeError, ValueError) as e:
             raise EpisodeError(self.path, "unreadable", f"cannot read data ({e})", key) from e
 
-    def _float(self, key: str, shape_tail: tuple) -> np.ndarray:
+    def _float(self, key: str, shape_tail: tuple | None) -> np.ndarray:
+        """A numeric (T, *shape_tail) array; shape_tail None: any (T, D) with D >= 1."""
         arr = np.asarray(self._read(key))
-        if arr.shape[1:] != shape_tail or not np.issubdtype(arr.dtype, np.number):
+        ok = arr.shape[1:] == shape_tail if shape_tail is not None else arr.ndim == 2 and arr.shape[1] >= 1
+        if not ok or not np.issubdtype(arr.dtype, np.number):
+            expected = ", ".join(map(str, shape_tail)) if shape_tail is not None else "D"
             raise EpisodeError(self.path, "shape_mismatch",
-                               f"expected (T, {', '.join(map(str, shape_tail))}) numbers, "
-                               f"found {arr.shape} {arr.dtype}", key)
+                               f"expected (T, {expected}) numbers, found {arr.shape} {arr.dtype}", key)
         return arr
 
     # -- contents ----------------------------------------------------------------------------
@@ -286,8 +291,9 @@ class RoboTwinEpisode:
         return np.stack(frames)
 
     def joint_vector(self) -> np.ndarray:
-        """(T, 14) [left arm 6, left gripper, right arm 6, right gripper]."""
-        return self._float(KEYS.vector, (14,)).astype(np.float64)
+        """(T, D): RoboTwin's (T, 14) [left arm 6, left gripper, right arm 6, right gripper], or
+        another robot's joints and gripper (ManiSkill's Panda: 7 joints, gripper)."""
+        return self._float(KEYS.vector, None).astype(np.float64)
 
     def endpose(self, arm: str) -> np.ndarray:
         """(T, 7) world pose [x, y, z, qw, qx, qy, qz]."""
@@ -307,7 +313,7 @@ class RoboTwinEpisode:
     def state_action(self) -> tuple[np.ndarray, np.ndarray]:
         """Policy pairs as RoboTwin defines them: state = vector[t], action = vector[t+1].
 
-        The last frame has no action and is dropped: both arrays are (T-1, 14).
+        The last frame has no action and is dropped: both arrays are (T-1, D).
         """
         vector = self.joint_vector()
         return vector[:-1], vector[1:]
@@ -341,3 +347,68 @@ class RoboTwinEpisode:
                 raise EpisodeError(self.path, "non_finite",
                                    f"NaN or inf in {int(bad.sum())} frame(s), first shown", key, first)
         return arrays
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+def encode_frames(frames: np.ndarray, quality: int) -> list[bytes]:
+    """JPEG-encode RGB frames the way RoboTwin does: cv2.imencode on the RGB array as is.
+
+    cv2 treats the array as BGR, so other decoders (PIL) show red and blue swapped, while
+    cv2.imdecode returns the original RGB order.
+    """
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    out = []
+    for f in frames:
+        ok, buf = cv2.imencode(".jpg", f, params)
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        out.append(buf.tobytes())
+    return out
+
+
+@dataclass
+class EpisodeContents:
+    """Everything an episode file holds, per frame (T frames)."""
+
+    rgb: dict[str, np.ndarray]  # camera -> (T, H, W, 3) uint8
+    camera: dict[str, CameraMatrices]
+    vector: np.ndarray  # (T, D)
+    arm_joints: dict[str, np.ndarray]  # arm -> (T, J): the arm's slice of the vector
+    joint_gripper: dict[str, np.ndarray]  # arm -> (T,)
+    endpose: dict[str, np.ndarray]  # arm -> (T, 7) [x, y, z, qw, qx, qy, qz], both ARMS
+    gripper: dict[str, np.ndarray]  # arm -> (T,) 1 open, 0 closed, both ARMS
+    attrs: dict = field(default_factory=dict)
+
+
+def write_robotwin_episode(path, ep: EpisodeContents, jpeg_quality: int = 95, frame_storage: str = "fixed") -> None:
+    """Write one episode file in RoboTwin 2.0's layout, atomically (temporary file, then rename).
+
+    frame_storage: "fixed" (numpy S strings, as RoboTwin writes) or "vlen" (variable-length uint8).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path)
+    t = len(ep.vector)
+    with h5py.File(tmp, "w") as f:
+        f.attrs.update(ep.attrs)
+        for cam, frames in ep.rgb.items():
+            jpegs = encode_frames(frames, jpeg_quality)
+            if frame_storage == "fixed":
+                f.create_dataset(KEYS.rgb(cam), data=np.array(jpegs, dtype=f"S{max(len(b) for b in jpegs)}"))
+            else:
+                ds = f.create_dataset(KEYS.rgb(cam), (t,), dtype=h5py.vlen_dtype(np.uint8))
+                for i, b in enumerate(jpegs):
+                    ds[i] = np.frombuffer(b, np.uint8)
+            m = ep.camera[cam]
+            f[KEYS.intrinsic_cv(cam)] = m.intrinsic_cv.astype(np.float32)
+            f[KEYS.extrinsic_cv(cam)] = m.extrinsic_cv.astype(np.float32)
+            f[KEYS.cam2world_gl(cam)] = m.cam2world_gl.astype(np.float32)
+        for a in ep.arm_joints:
+            f[KEYS.arm_joints(a)] = ep.arm_joints[a]
+            f[KEYS.joint_gripper(a)] = ep.joint_gripper[a]
+        for a in ARMS:
+            f[KEYS.endpose(a)] = ep.endpose[a]
+            f[KEYS.endpose_gripper(a)] = ep.gripper[a]
+        f[KEYS.vector] = ep.vector
+    os.replace(tmp, path)

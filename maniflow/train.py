@@ -168,7 +168,8 @@ def train(store: Path, condition: str, run: Path, cfg: TrainConfig = PRESETS["pa
         raise ValueError(f"{store}: {data.num_episodes} episodes, {cfg.holdout_episodes} held out for evaluation: "
                          "nothing left to train on")
     train_eps, val_eps = split_episodes(trainable, cfg.val_ratio, cfg.seed)
-    pcfg = replace(cfg.policy, channels=data.channels, initial=CONDITIONS[condition].initial)
+    pcfg = replace(cfg.policy, channels=data.channels, action_dim=int(data.action.shape[1]),
+                   initial=CONDITIONS[condition].initial)
     train_w = data.windows(train_eps, pcfg.horizon, pcfg.n_obs_steps, pcfg.n_action_steps)
     val_w = data.windows(val_eps, pcfg.horizon, pcfg.n_obs_steps, pcfg.n_action_steps)
     policy = ManiFlowPolicy(pcfg).to(device)

@@ -234,7 +234,7 @@ def test_encoder_weights_load_from_a_local_file_only(tmp_path, caplog):
 def test_evaluation_is_deterministic_and_the_report_answers_the_questions(stores, tmp_path):
     """A tiny finished matrix (two conditions, one held-out episode): offline and closed-loop
     evaluation repeat exactly for a seed, and the report holds the table, answers and figures."""
-    from maniflow.evaluate import EvalConfig, closed_loop, evaluate_runs
+    from maniflow.evaluate import EvalConfig, closed_loop, evaluate_runs, evaluation_envs
     from maniflow.report import build_report
     from maniflow.train import load_policy
 
@@ -256,8 +256,8 @@ def test_evaluation_is_deterministic_and_the_report_answers_the_questions(stores
     assert baselines[TASK]["do_nothing"]["success"] == [False, False]
 
     policy = load_policy(runs[1] / "checkpoints" / "latest.ckpt")
-    a = closed_loop(policy, "overlay_current", TASK, 48, ecfg)
-    b = closed_loop(policy, "overlay_current", TASK, 48, ecfg)
+    a = closed_loop(policy, "overlay_current", evaluation_envs(TASK, ecfg), 48, ecfg)
+    b = closed_loop(policy, "overlay_current", evaluation_envs(TASK, ecfg), 48, ecfg)
     assert a["steps"] == b["steps"] and a["success"] == b["success"]
     np.testing.assert_array_equal(a["strips"][0][-1], b["strips"][0][-1])
     # The cached record is what a second evaluation returns, without recomputing.

@@ -68,3 +68,23 @@ def oracle_paths(positions: np.ndarray, gripper: np.ndarray, intrinsic_cv: np.nd
     paths = [[(float(x), float(y), int(g)) for (x, y), g in zip(xy[t][visible[t]], states[t][visible[t]])]
              for t in range(len(positions))]
     return paths, (~visible).sum(axis=1)
+
+
+def live_oracle_path(position: np.ndarray, gripper: float, track: np.ndarray, track_gripper: np.ndarray,
+                     progress: int, intrinsic_cv: np.ndarray, extrinsic_cv: np.ndarray, width: int, height: int,
+                     num_points: int = 10) -> tuple[list[Point], int]:
+    """The oracle path of an arm in closed loop: from its position along the rest of an expert's
+    track (T, 3) / gripper (T,). Returns (path, new progress index into the track).
+
+    Progress walks forward while the next track frame is no further from the arm (position, and
+    gripper opening at 5 cm per unit) than the current one, so it never skips a segment the arm
+    has not done (going down to press and back up passes the same point twice)."""
+    cost = np.linalg.norm(track[progress:] - position, axis=1) + 0.05 * np.abs(track_gripper[progress:] - gripper)
+    rising = np.flatnonzero(np.diff(cost) > 1e-9)
+    progress += int(rising[0]) if len(rising) else len(cost) - 1
+    positions = np.concatenate([np.asarray(position, np.float64)[None], track[progress + 1:]])
+    grip = np.concatenate([[gripper], track_gripper[progress + 1:]])
+    k = np.broadcast_to(intrinsic_cv, (len(positions), 3, 3))
+    e = np.broadcast_to(extrinsic_cv, (len(positions), 3, 4))
+    paths, _ = oracle_paths(positions, grip, k, e, width, height, num_points)
+    return paths[0], progress

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from maniflow.paths.oracle import oracle_paths
+from maniflow.paths.oracle import live_oracle_path
 from maniflow.paths.protocol import Point
 from maniflow.synthetic import arm as armlib
 from maniflow.synthetic.episode import HEIGHT, WIDTH, EpisodePlan, frame_part_poses, plan_episode
@@ -247,24 +247,12 @@ class TabletopEnv:
 
     # -- paths ---------------------------------------------------------------------------------
     def oracle_path(self) -> list[Point]:
-        """The ground-truth path now: from the end effector along the rest of the script.
-
-        Progress along the script walks forward while the next script frame is no further from
-        the arm (position, and gripper opening at 5 cm per unit) than the current one, so it
-        never skips a segment the arm has not done (going down to press and back up passes the
-        same point twice)."""
+        """The ground-truth path now: from the end effector along the rest of the script."""
         expert = self.plan.tracks[self.arm]
-        ahead = slice(self.progress, self.plan.length)
-        cost = np.linalg.norm(expert.position[ahead] - self.position, axis=1) \
-            + 0.05 * np.abs(expert.gripper[ahead] - self.gripper)
-        rising = np.flatnonzero(np.diff(cost) > 1e-9)
-        self.progress += int(rising[0]) if len(rising) else len(cost) - 1
-        positions = np.concatenate([self.position[None], expert.position[self.progress + 1:]])
-        gripper = np.concatenate([[self.gripper], expert.gripper[self.progress + 1:]])
-        k = np.broadcast_to(self.view.intrinsic_cv, (len(positions), 3, 3))
-        e = np.broadcast_to(self.view.extrinsic_cv, (len(positions), 3, 4))
-        paths, _ = oracle_paths(positions, gripper, k, e, WIDTH, HEIGHT, self.cfg.oracle_points)
-        return paths[0]
+        path, self.progress = live_oracle_path(self.position, self.gripper, expert.position, expert.gripper,
+                                               self.progress, self.view.intrinsic_cv, self.view.extrinsic_cv,
+                                               WIDTH, HEIGHT, self.cfg.oracle_points)
+        return path
 
     @property
     def instruction(self) -> str:

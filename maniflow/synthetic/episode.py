@@ -10,21 +10,20 @@ scene_info.json, marking everything as synthetic.
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
-import h5py
 import numpy as np
 
 from maniflow import __version__
 from maniflow.geometry import cam2world_gl_from_extrinsic_cv, intrinsics_from_fovy, \
     look_at_extrinsic_cv
-from maniflow.robotwin import DEFAULT_CONFIG_NAMES, ENVS, KEYS, SINGLE_ARM_TASKS
-from maniflow.storage import temp_sibling, write_json
+from maniflow.robotwin import DEFAULT_CONFIG_NAMES, ENVS, SINGLE_ARM_TASKS, CameraMatrices, EpisodeContents, \
+    write_robotwin_episode
+from maniflow.storage import write_json
 from maniflow.synthetic import arm as armlib
 from maniflow.synthetic.render import Background, CameraView, Lighting, PartSpec, Scene, box_mesh, \
     frustum_mesh, render
@@ -402,54 +401,25 @@ def simulate_episode(task: str, env: str, index: int, seed: int = 0, cameras=("h
 
 # -- writing -----------------------------------------------------------------------------------
 
-def encode_frames(frames: np.ndarray, quality: int) -> list[bytes]:
-    """JPEG-encode RGB frames the way RoboTwin does: cv2.imencode on the RGB array as is.
-
-    cv2 treats the array as BGR, so other decoders (PIL) show red and blue swapped, while
-    cv2.imdecode returns the original RGB order.
-    """
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
-    out = []
-    for f in frames:
-        ok, buf = cv2.imencode(".jpg", f, params)
-        if not ok:
-            raise RuntimeError("JPEG encoding failed")
-        out.append(buf.tobytes())
-    return out
-
-
 def write_episode(path: Path, ep: SimulatedEpisode, config_name: str, jpeg_quality: int = 95,
                   frame_storage: str = "fixed") -> None:
-    """Write one episode HDF5 file atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(path)
+    """Write one simulated episode as a RoboTwin 2.0 file (atomically)."""
     t = ep.num_frames
-    with h5py.File(tmp, "w") as f:
-        f.attrs.update({"synthetic": True, "generator": GENERATOR, "seed": ep.seed, "task": ep.task,
-                        "env": ep.env, "config": config_name, "episode": ep.index,
-                        "note": "Synthetic RoboTwin-2.0-format episode rendered by maniflow, "
-                                "not recorded in RoboTwin."})
-        for cam, frames in ep.rgb.items():
-            jpegs = encode_frames(frames, jpeg_quality)
-            if frame_storage == "fixed":
-                width = max(len(b) for b in jpegs)
-                f.create_dataset(KEYS.rgb(cam), data=np.array(jpegs, dtype=f"S{width}"))
-            else:
-                ds = f.create_dataset(KEYS.rgb(cam), (t,), dtype=h5py.vlen_dtype(np.uint8))
-                for i, b in enumerate(jpegs):
-                    ds[i] = np.frombuffer(b, np.uint8)
-            e = ep.extrinsic_cv[cam]
-            f[KEYS.intrinsic_cv(cam)] = np.repeat(ep.intrinsic_cv[cam][None], t, 0).astype(np.float32)
-            f[KEYS.extrinsic_cv(cam)] = np.repeat(e[None], t, 0).astype(np.float32)
-            f[KEYS.cam2world_gl(cam)] = np.repeat(cam2world_gl_from_extrinsic_cv(e)[None], t, 0).astype(np.float32)
-        for a, offset in (("left", 0), ("right", 7)):
-            f[KEYS.arm_joints(a)] = ep.vector[:, offset:offset + 6]
-            f[KEYS.joint_gripper(a)] = ep.vector[:, offset + 6]
-            f[KEYS.endpose(a)] = ep.endpose[a]
-            f[KEYS.endpose_gripper(a)] = ep.gripper[a]
-        f[KEYS.vector] = ep.vector
-    os.replace(tmp, path)
+    camera = {}
+    for cam in ep.rgb:
+        e = ep.extrinsic_cv[cam]
+        camera[cam] = CameraMatrices(np.repeat(ep.intrinsic_cv[cam][None], t, 0), np.repeat(e[None], t, 0),
+                                     np.repeat(cam2world_gl_from_extrinsic_cv(e)[None], t, 0))
+    offsets = {"left": 0, "right": 7}
+    write_robotwin_episode(path, EpisodeContents(
+        rgb=ep.rgb, camera=camera, vector=ep.vector,
+        arm_joints={a: ep.vector[:, o:o + 6] for a, o in offsets.items()},
+        joint_gripper={a: ep.vector[:, o + 6] for a, o in offsets.items()},
+        endpose=ep.endpose, gripper=ep.gripper,
+        attrs={"synthetic": True, "generator": GENERATOR, "seed": ep.seed, "task": ep.task, "env": ep.env,
+               "config": config_name, "episode": ep.index,
+               "note": "Synthetic RoboTwin-2.0-format episode rendered by maniflow, not recorded in RoboTwin."}),
+        jpeg_quality, frame_storage)
 
 
 def scene_info_entry(ep: SimulatedEpisode) -> dict:
