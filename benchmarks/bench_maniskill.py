@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
 
 from maniflow.maniskill import DISTRACTORS, TASKS
-from maniflow.maniskill.env import ManiSkillEnv, command, read_trajectories
+from maniflow.maniskill.env import ManiSkillEnv, read_trajectories
 from maniflow.maniskill.envs import render_backend
 from maniflow.maniskill.importer import import_trajectory
 from maniflow.maniskill.planner import plan_demos
@@ -44,7 +43,7 @@ def ours(envs: list[ManiSkillEnv]) -> int:
     return steps
 
 
-def render_every_step(plan: Path, trajs, camera: int) -> int:
+def render_every_step(trajs, camera: int) -> int:
     env = gym.make(TASKS[TASK].env_id, obs_mode="rgb", control_mode="pd_joint_pos", sim_backend="cpu",
                    render_backend=render_backend(), num_distractors=DISTRACTORS["cluttered"],
                    sensor_configs={"width": camera, "height": camera})
@@ -52,10 +51,8 @@ def render_every_step(plan: Path, trajs, camera: int) -> int:
     for traj in trajs:
         env.reset(seed=traj.seed)
         env.unwrapped.set_state_dict(traj.state(0))
-        expert = np.concatenate([traj.actions[:1] * 0, traj.actions])  # index t + 1 is action t
-        for t in range(len(traj.actions)):
-            vector = np.concatenate([expert[t + 1, :7], [(expert[t + 1, 7] + 1) / 2]])
-            env.step(command(vector))
+        for action in traj.actions:  # the expert's pd_joint_pos commands, as ours sends them
+            env.step(action)
             steps += 1
     env.close()
     return steps
@@ -72,13 +69,13 @@ def main() -> None:
         env_info, trajs = read_trajectories(plan / "trajectory.h5")
         kwargs = {**env_info["env_kwargs"], "sensor_configs": {"width": args.camera, "height": args.camera}}
         envs = [ManiSkillEnv(TASK, kwargs, t) for t in trajs]  # also warms the renderer up
-        render_every_step(plan, trajs[:1], args.camera)  # warm-up of the other path
+        render_every_step(trajs[:1], args.camera)  # warm-up of the other path
 
         start = time.perf_counter()
         ours_steps = ours(envs)
         ours_s = time.perf_counter() - start
         start = time.perf_counter()
-        every_steps = render_every_step(plan, trajs, args.camera)
+        every_steps = render_every_step(trajs, args.camera)
         every_s = time.perf_counter() - start
 
         start = time.perf_counter()
