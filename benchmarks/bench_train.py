@@ -1,13 +1,22 @@
-"""Training speed and the data path's speed and memory. Prints JSON.
+"""Training speed, FLOPs and checkpoint I/O, and the data path's speed and memory. Prints JSON.
 
     python benchmarks/bench_train.py [--steps 10] [--skip-memory]
 
-1. train: samples/s of full training steps on this CPU, demo preset, and a paper-shaped model
-   (ResNet-18, DiTX 8 x 8 x 512) at reduced resolution (96 px); share of step time on data.
-2. data: batches/s of our data path (one gather of the observation images on the device +
+1. train_step: samples/s of the paper preset's training step (initial + current overlay, 2 obs
+   steps, ResNet-18 x 2 + DiTX 8 x 8 x 512, batch 64 at 224 px) on the device present, the step
+   before model version 2 and the current one side by side, with the step time split into data
+   (gather) and model. On a CPU it runs at reduced resolution and batch and says so. Old: fp32,
+   AdamW's default kernels, the EMA tensor by tensor, four host syncs per step, two student calls
+   and the teacher re-encoding the images. New: `train.train_step` (one student call, fused AdamW,
+   foreach EMA, no sync; bf16 autocast + channels_last on CUDA).
+2. flops: FLOPs of one paper-preset training sample at 224 px, by component, and what they mean
+   for the ceiling on an H100 (989 TFLOP/s dense bf16).
+3. checkpoints: bytes and seconds of checkpoint writes per epoch, old (full latest.ckpt every
+   epoch plus a full top-k copy) against new (every `checkpoint_every` epochs; top-k EMA weights).
+4. data: batches/s of our data path (one gather of the observation images on the device +
    augmentation) against the user's way: per-sample __getitem__ over float32 images copying
    all horizon frames, batched by DataLoader(num_workers=0).
-3. memory: peak resident memory of loading a dataset shaped like the user's (17,255 frames,
+5. memory: peak resident memory of loading a dataset shaped like the user's (17,255 frames,
    3x224x224) into the data path, in a fresh process, against the user's float32 approach
    (13.5 GB measured by the user; 10.4 GB of images).
 """
@@ -15,6 +24,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -26,11 +36,13 @@ from pathlib import Path
 import numcodecs
 import numpy as np
 import torch
+import torch.nn.functional as F
 import zarr
 
-from maniflow.policy import ManiFlowPolicy, PolicyConfig
+from maniflow.policy import ManiFlowPolicy
 from maniflow.replay import ReplayData
-from maniflow.train import PRESETS, ema_update
+from maniflow.train import (EMA, PRESETS, _checkpoint, _weights, make_optimizer, pick_device,
+                            prepare_for_device, train_step)
 
 USER_FRAMES, USER_GB = 17_255, 13.5
 
@@ -73,7 +85,7 @@ class UserStyleDataset(torch.utils.data.Dataset):
 
 def data_speed(data: ReplayData, policy: ManiFlowPolicy, batch: int, n: int) -> dict:
     cfg = policy.cfg
-    windows = data.windows(list(range(data.num_episodes)), cfg.horizon, cfg.n_obs_steps, cfg.n_action_steps)
+    windows = data.windows(list(range(data.num_episodes)), cfg.model_horizon, cfg.n_obs_steps, cfg.n_action_steps)
     gen = torch.Generator().manual_seed(0)
     start = time.perf_counter()
     for i in range(n):
@@ -98,35 +110,150 @@ def data_speed(data: ReplayData, policy: ManiFlowPolicy, batch: int, n: int) -> 
             "note": "user style: float32 in memory, all horizon frames copied, no augmentation"}
 
 
-def train_speed(data: ReplayData, pcfg: PolicyConfig, batch: int, steps: int) -> dict:
+def _paper_policy(data: ReplayData, image_size: int, device) -> tuple[ManiFlowPolicy, ManiFlowPolicy]:
     torch.manual_seed(0)
-    policy = ManiFlowPolicy(replace(pcfg, channels=data.channels))
+    pcfg = replace(PRESETS["paper"].policy, channels=data.channels, initial=True, image_size=image_size)
+    policy = ManiFlowPolicy(pcfg).to(device)
     policy.action_norm.fit(data.action)
-    policy.state_norm.fit(data.state)
-    ema = ManiFlowPolicy(replace(pcfg, channels=data.channels)).eval().requires_grad_(False)
-    ema.load_state_dict(policy.state_dict())
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
-    windows = data.windows(list(range(data.num_episodes)), pcfg.horizon, pcfg.n_obs_steps, pcfg.n_action_steps)
-    gen = torch.Generator().manual_seed(0)
-    data_s = total_s = 0.0
-    for step in range(steps + 1):
-        t0 = time.perf_counter()
-        b = windows.batch(torch.randint(0, len(windows), (batch,), generator=gen))
-        t1 = time.perf_counter()
-        loss, _ = policy.compute_loss(b, ema, gen)
-        opt.zero_grad()
+    return policy, copy.deepcopy(policy).eval().requires_grad_(False)
+
+
+def old_loss(policy: ManiFlowPolicy, batch: dict, teacher: ManiFlowPolicy, gen) -> tuple:
+    """The loss before model version 2, for its cost: both halves through the student apart,
+    the teacher re-encoding the un-augmented images of the consistency half."""
+    x1 = policy.action_norm(batch["action"])
+    cond = policy.encode_obs(batch["obs"], train=True, generator=gen)
+    x0 = torch.randn(x1.shape, generator=gen, device=x1.device)
+    n = int(round(len(x1) * 0.75))
+    t = torch.rand(n, generator=gen, device=x1.device)
+    xt = (1 - t)[:, None, None] * x0[:n] + t[:, None, None] * x1[:n]
+    flow = F.mse_loss(policy.velocity(xt, t, torch.zeros_like(t), cond[:n]), x1[:n] - x0[:n])
+    k = len(x1) - n
+    tc, d = torch.rand(k, generator=gen, device=x1.device) * 0.9, torch.rand(k, generator=gen, device=x1.device)
+    t2 = (tc + d).clamp(max=1)
+    xtc = (1 - tc)[:, None, None] * x0[n:] + tc[:, None, None] * x1[n:]
+    xt2 = (1 - t2)[:, None, None] * x0[n:] + t2[:, None, None] * x1[n:]
+    with torch.no_grad():
+        tcond = teacher.encode_obs({key: v[n:] for key, v in batch["obs"].items()}, train=False)
+        target = (xt2 + (1 - t2)[:, None, None] * teacher.velocity(xt2, t2, d, tcond) - xtc) / (1 - tc)[:, None, None]
+    consistency = F.mse_loss(policy.velocity(xtc, tc, d, cond[n:]), target)
+    return flow + consistency, {"loss": flow + consistency, "flow": flow, "consistency": consistency}
+
+
+def old_step(policy, ema, opt, batch, gen) -> None:
+    loss, metrics = old_loss(policy, batch, ema, gen)
+    if not torch.isfinite(loss):  # a host sync per step
+        raise RuntimeError("diverged")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+    opt.step()
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), policy.parameters()):
+            pe.lerp_(p, 0.01)
+        for be, b in zip(ema.buffers(), policy.buffers()):
+            be.copy_(b)
+    [metrics[key].item() for key in ("loss", "flow", "consistency")]  # three more syncs
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_speed(data: ReplayData, image_size: int, batch: int, steps: int, device) -> dict:
+    """samples/s of the old and the new training step, and the new one's data / model split."""
+    out = {}
+    for name in ("old", "new"):
+        policy, ema = _paper_policy(data, image_size, device)
+        cfg = PRESETS["paper"]
+        amp = name == "new" and device.type == "cuda"
+        if name == "new":
+            prepare_for_device(policy, amp, False)
+            prepare_for_device(ema, amp, False)
+            opt, averager = make_optimizer(policy, cfg), EMA(ema, policy)
+        else:
+            opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        windows = data.windows(list(range(data.num_episodes)), policy.cfg.model_horizon, 2, 16)
+        gen = torch.Generator(device=device).manual_seed(0)
+        data_s = 0.0
+        for i in range(steps + 1):
+            if i == 1:  # the first step warms up
+                _sync(device)
+                start = time.perf_counter()
+            t0 = time.perf_counter()
+            b = windows.batch(torch.randint(0, len(windows), (batch,), generator=gen, device=device))
+            if name == "new":
+                _sync(device)
+                data_s += (time.perf_counter() - t0) if i else 0.0
+                train_step(policy, ema, averager, opt, b, gen, cfg, 1e-4, 0.99, amp)
+            else:
+                old_step(policy, ema, opt, b, gen)
+        _sync(device)
+        seconds = time.perf_counter() - start
+        out[f"{name}_samples_per_s"] = round(steps * batch / seconds, 2)
+        if name == "new":
+            out["new_data_share"] = round(data_s / seconds, 4)
+            out["new_model_share"] = round(1 - data_s / seconds, 4)
+    out["speedup"] = round(out["new_samples_per_s"] / out["old_samples_per_s"], 2)
+    out.update(batch=batch, image_size=image_size, steps=steps, device=str(device),
+               bf16=device.type == "cuda")
+    return out
+
+
+def flops_per_sample(data: ReplayData) -> dict:
+    """FLOPs of one paper-preset training sample (forward and backward, 224 px), by component."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    policy, ema = _paper_policy(data, 224, "cpu")
+    windows = data.windows([0], policy.cfg.model_horizon, 2, 16)
+    b = windows.batch(torch.arange(2))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss, _ = policy.compute_loss(b, ema, torch.Generator().manual_seed(0))
         loss.backward()
-        opt.step()
-        ema_update(ema, policy, 0.99)
-        t2 = time.perf_counter()
-        if step:  # the first step warms up
-            data_s += t1 - t0
-            total_s += t2 - t0
-    params = sum(p.numel() for p in policy.parameters()) / 1e6
-    return {"samples_per_s": round(steps * batch / total_s, 1), "s_per_step": round(total_s / steps, 3),
-            "batch": batch, "image_size": pcfg.image_size, "params_m": round(params, 1),
-            "data_share_of_step": round(data_s / total_s, 4),
-            "note": "data = gather on the device; augmentation runs inside the loss"}
+    by_module = counter.get_flop_counts()
+    total = counter.get_total_flops() / 2
+    encoders = sum(by_module["ResNet"].values()) / 2  # every encoder call, by the called module's class
+    h100_bf16 = 989e12
+    return {"gflops_per_sample": round(total / 1e9, 2), "encoder_share": round(encoders / total, 3),
+            "ditx_share": round(1 - encoders / total, 3),
+            "h100_ceiling_samples_per_s_at_peak": round(h100_bf16 / total),
+            "share_of_h100_peak_for_1000_samples_per_s": round(1000 * total / h100_bf16, 4),
+            "note": "training step: student encoders + DiTX forward and backward, EMA DiTX forward (one quarter)"}
+
+
+def checkpoint_io(data: ReplayData, tmp: Path) -> dict:
+    """Bytes and seconds per epoch of checkpoint writes for the paper preset (sizes do not depend
+    on the resolution)."""
+    policy, ema = _paper_policy(data, 64, "cpu")
+    cfg = PRESETS["paper"]
+    opt = make_optimizer(policy, cfg)
+    loss, _ = policy.compute_loss(data.windows([0], policy.cfg.model_horizon, 2, 16).batch(torch.arange(2)), ema)
+    loss.backward()
+    opt.step()  # the optimizer state exists
+    state = {"epoch": 1, "step": 1, "ema_step": 1, "topk": [], "history": []}
+    config = {"train": "paper"}
+    gen = torch.Generator().manual_seed(0)
+    sizes, seconds = {}, {}
+    for name, obj in (("full", _checkpoint(policy, ema, opt, gen, state, config)),
+                      ("weights", _weights(ema, state, config))):
+        path = tmp / f"{name}.ckpt"
+        start = time.perf_counter()
+        torch.save(obj, path)
+        seconds[name] = time.perf_counter() - start
+        sizes[name] = path.stat().st_size
+        path.unlink()
+    every = cfg.checkpoint_every
+    return {"latest_ckpt_mb": round(sizes["full"] / 1e6, 1), "topk_ckpt_mb": round(sizes["weights"] / 1e6, 1),
+            "old_mb_per_epoch_at_most": round(2 * sizes["full"] / 1e6, 1),
+            "new_mb_per_epoch": round((sizes["full"] + sizes["weights"]) / every / 1e6, 1),
+            "old_write_s_per_epoch_at_most": round(2 * seconds["full"], 2),
+            "new_write_s_per_epoch": round((seconds["full"] + seconds["weights"]) / every, 2),
+            "checkpoint_every": every,
+            "note": "old: latest.ckpt each epoch plus a full top-k copy when validation improves (at most "
+                    "every epoch); new: latest.ckpt every checkpoint_every epochs, a top-k EMA copy at most "
+                    "at each validation (every checkpoint_every epochs in the paper preset)"}
 
 
 def _peak_rss_gb() -> float:
@@ -140,7 +267,7 @@ def _peak_rss_gb() -> float:
 def memory_child(store: str) -> None:
     before = _peak_rss_gb()
     data = ReplayData(Path(store), "overlay_current")
-    windows = data.windows(list(range(data.num_episodes)), 16, 2, 16)
+    windows = data.windows(list(range(data.num_episodes)), 17, 2, 16)
     print(json.dumps({"frames": len(data.images), "images_gb": round(data.images.numel() / 1e9, 2),
                       "windows": len(windows), "peak_rss_gb": round(_peak_rss_gb(), 2),
                       "rss_before_loading_gb": round(before, 2)}))
@@ -154,17 +281,26 @@ def main() -> None:
     args = ap.parse_args()
     if args.memory_child:
         return memory_child(args.memory_child)
-    torch.set_num_threads(2)
-    out = {"cpus": 2, "device": "cpu"}
+    device = pick_device("auto")
+    if device.type == "cpu":
+        torch.set_num_threads(2)
+    out = {"device": str(device), "cpus": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
-        store = make_store(Path(tmp) / "small.zarr", 2000)
-        data = ReplayData(store, "overlay_current")
-        demo = PRESETS["demo"]
-        out["train_demo"] = train_speed(data, demo.policy, demo.batch_size, args.steps)
-        paper_shaped = replace(PRESETS["paper"].policy, image_size=96)
-        out["train_paper_shaped_96px"] = train_speed(data, paper_shaped, 16, max(3, args.steps // 3))
-        out["data"] = data_speed(data, ManiFlowPolicy(replace(PRESETS["paper"].policy, encoder="test_resnet",
-                                                                dim=32, depth=1, heads=2)), 64, 20)
+        cuda = device.type == "cuda"
+        size = 224 if cuda else 96
+        store = make_store(Path(tmp) / "small.zarr", 2000, size=size)
+        data = ReplayData(store, "overlay_initial_current", device)
+        out["train_step"] = step_speed(data, size, 64 if cuda else 8, args.steps if cuda else max(3, args.steps // 2),
+                                       device)
+        if not cuda:
+            out["train_step"]["note"] = "CPU: 96 px and batch 8 instead of the paper preset's 224 px and batch 64"
+        del data
+        full = make_store(Path(tmp) / "full.zarr", 2000) if size != 224 else store
+        cpu_data = ReplayData(full, "overlay_initial_current")
+        out["flops"] = flops_per_sample(cpu_data)
+        out["checkpoints"] = checkpoint_io(cpu_data, Path(tmp))
+        out["data"] = data_speed(ReplayData(full, "overlay_current"), ManiFlowPolicy(
+            replace(PRESETS["paper"].policy, encoder="test_resnet", dim=32, depth=1, heads=2)), 64, 20)
         if not args.skip_memory:
             big = make_store(Path(tmp) / "user_shaped.zarr", USER_FRAMES)
             child = subprocess.run([sys.executable, __file__, "--memory-child", str(big)], capture_output=True,

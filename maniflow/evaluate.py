@@ -41,12 +41,12 @@ from maniflow.paths.client import ClientConfig, Job, PathClient
 from maniflow.paths.label import ProviderConfig
 from maniflow.paths.protocol import WIRES, jpeg_data_url, prepare_image, request_body
 from maniflow.paths.store import parse_answer
-from maniflow.policy import ManiFlowPolicy
+from maniflow.policy import MODEL_VERSION, ManiFlowPolicy
 from maniflow.replay import CONDITIONS, ReplayData
 from maniflow import __version__
 from maniflow.storage import write_json
 from maniflow.synthetic.env import EVAL_SEED, EnvConfig, TabletopEnv
-from maniflow.train import load_policy, pick_device
+from maniflow.train import load_policy, pick_device, validation_loss
 
 log = logging.getLogger("maniflow.evaluate")
 
@@ -271,7 +271,6 @@ def offline_metrics(policy: ManiFlowPolicy, store: Path, condition: str, holdout
     start = pc.n_obs_steps - 1
     mse = torch.zeros(pc.n_action_steps, device=device)
     mae = torch.zeros(pc.n_action_steps, device=device)
-    loss_sum = 0.0
     for s in range(0, len(windows), cfg.batch_size):
         ids = torch.arange(s, min(s + cfg.batch_size, len(windows)), device=device)
         batch = windows.batch(ids)
@@ -279,22 +278,20 @@ def offline_metrics(policy: ManiFlowPolicy, store: Path, condition: str, holdout
         truth = batch["action"][:, start:start + pc.n_action_steps]
         mse += ((policy.action_norm(pred) - policy.action_norm(truth)) ** 2).mean(-1).sum(0)
         mae += (pred - truth).abs().mean(-1).sum(0)
-        loss, _ = policy.compute_loss(batch, policy, gen, train=False)
-        loss_sum += loss.item() * len(ids)
     n = len(windows)
     return {"episodes": [int(data.attrs["source"]["episodes"][e]["episode"]) for e in episodes]
             if "source" in data.attrs else episodes,
             "windows": n, "store": str(store),
             "action_mse_normalised": (mse.sum() / (n * pc.n_action_steps)).item(),
             "action_mae": (mae.sum() / (n * pc.n_action_steps)).item(),
-            "mae_per_step": (mae / n).tolist(), "val_loss": loss_sum / n}
+            "mae_per_step": (mae / n).tolist(), "val_loss": validation_loss(policy, windows)}
 
 
 # -- one cell ----------------------------------------------------------------------------------
 
 def eval_key(checkpoint: Path, cfg: EvalConfig) -> str:
     stat = checkpoint.stat()
-    text = json.dumps([checkpoint.name, stat.st_size, stat.st_mtime_ns, asdict(cfg), __version__],
+    text = json.dumps([checkpoint.name, stat.st_size, stat.st_mtime_ns, asdict(cfg), __version__, MODEL_VERSION],
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -322,6 +319,7 @@ def evaluate_run(run, work, cfg: EvalConfig = EvalConfig()) -> dict:
     record = {
         "run": str(cell.run), "train_env": cell.env, "condition": cell.condition, "task": cell.task,
         "seed": cell.seed, "checkpoint": checkpoint.name, "eval": asdict(cfg),
+        "model_version": saved["config"].get("model_version", 1),
         "train": {"epochs": saved["epoch"], "steps": saved["step"], "best_val_loss": min(vals) if vals else None,
                   "history": [{k: h[k] for k in ("epoch", "loss", "val_loss")} for h in history]},
         "offline": offline_metrics(policy, eval_store, cell.condition, cell.holdout, cfg)

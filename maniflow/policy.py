@@ -1,18 +1,20 @@
-"""ManiFlow image policy with consistency flow matching (REFERENCE section 5).
+"""ManiFlow image policy with consistency flow matching (upstream `policy/maniflow_image_policy.py`;
+every element against its upstream file in docs/maniflow-fidelity.md).
 
     obs -> per image input a CNN (512 features per obs step; the initial image once per sample)
-           + the raw agent_pos -> ONE conditioning token
+           + agent_pos (raw, as upstream, unless state_norm="limits") -> ONE conditioning token
     x_t = (1 - t) x0 + t x1, x0 ~ N(0, I), x1 the normalised action chunk
     flow loss         (first 75% of the batch): t = 0.999 Beta(1, 1.5), target x1 - x0, dt = 0
     consistency loss  (the rest): t in {0, .1, ..., .9}, d ~ U[0, 1), t2 = min(t + d, 1);
-                      EMA teacher vbar = f_ema(x_t2, t2, d); x1_hat = x_t2 + (1 - t2) vbar;
-                      target (x1_hat - x_t) / (1 - t)
+                      EMA DiTX on the student's own conditioning: vbar = f_ema(x_t2, t2, d, c);
+                      x1_hat = x_t2 + (1 - t2) vbar; target (x1_hat - x_t) / (1 - t)
     sampling          Euler from noise, N steps: x <- x + f(x, k/N, 1/N) / N
 
-Fixed against upstream (see REFERENCE): augmentation only in training, drawn independently per
-sample; the EMA teacher always in eval mode; all n_action_steps actions returned (the horizon
-is extended to n_obs_steps - 1 + n_action_steps when shorter); only observation-step images
-are ever moved or encoded.
+Fixed against upstream: augmentation only in training, drawn independently per sample; the EMA
+teacher always in eval mode; all n_action_steps actions returned (the model's horizon is
+n_obs_steps - 1 + n_action_steps, trained on that many real actions). Deliberate: only
+observation-step images are ever moved or encoded; both halves of the batch go through the
+student in one call.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from maniflow.model import DiTX, make_encoder
+
+# Bumped by every change that changes what training produces for a seed: runs, evaluation
+# caches and reports record it, and runs of another version are never resumed or mixed.
+MODEL_VERSION = 2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -53,15 +59,23 @@ class PolicyConfig:
     brightness: float = 0.3
     contrast: float = 0.4
     saturation: float = 0.5
+    hue: float = 0.08
+    # agent_pos: "identity" (upstream) or "limits", min/max to [-1, 1] like the actions. The demo's
+    # toy model learns from small raw joint ranges (0.25-0.5 rad) far slower (docs/maniflow-fidelity.md).
+    state_norm: str = "identity"
 
     @property
     def model_horizon(self) -> int:
-        """Long enough that every one of the n_action_steps actions exists (upstream: 15 of 16)."""
+        """Actions per training window and per prediction: long enough that all n_action_steps
+        actions from the current step exist (upstream's horizon 16 returns 15 of 16)."""
         return max(self.horizon, self.n_obs_steps - 1 + self.n_action_steps)
 
 
 class Normalizer(nn.Module):
-    """Per-dimension min/max to [-1, 1] ("limits"); constant dimensions are only centred."""
+    """Per-dimension min/max to [-1, 1] (upstream LinearNormalizer "limits"); dimensions whose
+    range is under RANGE_EPS are only shifted, to x - min (upstream too)."""
+
+    RANGE_EPS = 1e-4  # upstream's range_eps
 
     def __init__(self, dim: int):
         super().__init__()
@@ -71,8 +85,8 @@ class Normalizer(nn.Module):
     def fit(self, x: torch.Tensor) -> "Normalizer":
         lo, hi = x.min(dim=0).values, x.max(dim=0).values
         span = hi - lo
-        constant = span < 1e-6
-        self.scale.copy_(torch.where(constant, torch.ones_like(span), 2.0 / span.clamp_min(1e-6)))
+        constant = span < self.RANGE_EPS
+        self.scale.copy_(torch.where(constant, torch.ones_like(span), 2.0 / span.clamp_min(self.RANGE_EPS)))
         self.offset.copy_(torch.where(constant, -lo, -1.0 - lo * self.scale))
         return self
 
@@ -84,11 +98,20 @@ class Normalizer(nn.Module):
 
 
 class ImageAugment:
-    """Per-sample random crop (crop share) + rotation, then colour jitter, on the device; at
+    """Upstream's transforms (random crop 95% + resize, rotation +-5 degrees, colour jitter with
+    hue), drawn per sample instead of once per batch, in one affine resampling on the device; at
     evaluation the centred crop only. Input uint8 (B, T, C, H, W); output float normalised."""
 
     def __init__(self, cfg: PolicyConfig):
         self.cfg = cfg
+        self._imagenet: dict = {}  # (device, channels) -> (mean, std): built once, no copy per call
+
+    def _imagenet_stats(self, device: torch.device, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (device, c)
+        if key not in self._imagenet:
+            self._imagenet[key] = tuple(torch.tensor(v * (c // 3), device=device).view(1, c, 1, 1)
+                                        for v in (IMAGENET_MEAN, IMAGENET_STD))
+        return self._imagenet[key]
 
     def __call__(self, images: torch.Tensor, train: bool, generator: torch.Generator | None) -> torch.Tensor:
         cfg = self.cfg
@@ -99,31 +122,54 @@ class ImageAugment:
                               align_corners=False)
         dev = x.device
 
-        def rand(*shape):  # one draw per sample, shared by its time steps
-            return torch.rand(b, *shape, generator=generator, device=dev).repeat_interleave(t, dim=0)
+        def rand(*shape):  # one draw per sample, shared by its time steps, in [-1, 1)
+            return (torch.rand(b, *shape, generator=generator, device=dev) * 2 - 1).repeat_interleave(t, dim=0)
 
         s = cfg.crop
         if train:
-            angle = (rand() * 2 - 1) * math.radians(cfg.rotate_deg)
-            shift = (rand(2) * 2 - 1) * (1 - s)
+            angle = rand() * math.radians(cfg.rotate_deg)
+            shift = rand(2) * (1 - s)
         else:
             angle = torch.zeros(b * t, device=dev)
             shift = torch.zeros(b * t, 2, device=dev)
         cos, sin = angle.cos() * s, angle.sin() * s
         theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        if train:
-            rgb = x[:, :3]
-            rgb = rgb * (1 + (rand(1, 1, 1) * 2 - 1) * cfg.brightness)
-            mean = rgb.mean(dim=(1, 2, 3), keepdim=True)
-            rgb = (rgb - mean) * (1 + (rand(1, 1, 1) * 2 - 1) * cfg.contrast) + mean
-            gray = (0.299 * rgb[:, 0:1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:3])
-            rgb = (rgb - gray) * (1 + (rand(1, 1, 1) * 2 - 1) * cfg.saturation) + gray
-            x = torch.cat([rgb.clamp(0, 1), x[:, 3:]], dim=1)
-        mean = torch.tensor(IMAGENET_MEAN * (c // 3), device=dev).view(1, c, 1, 1)
-        std = torch.tensor(IMAGENET_STD * (c // 3), device=dev).view(1, c, 1, 1)
+        # Zeros outside, as torchvision's rotation fills its corners with black.
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if train:  # torchvision ColorJitter's operations, clamped after each (path channels untouched)
+            rgb = (x[:, :3] * (1 + rand(1, 1, 1) * cfg.brightness)).clamp(0, 1)
+            mean = _gray(rgb).mean(dim=(1, 2, 3), keepdim=True)
+            rgb = _blend(rgb, mean, 1 + rand(1, 1, 1) * cfg.contrast)
+            rgb = _blend(rgb, _gray(rgb), 1 + rand(1, 1, 1) * cfg.saturation)
+            if cfg.hue > 0:
+                rgb = _shift_hue(rgb, rand(1, 1) * cfg.hue)
+            x = torch.cat([rgb, x[:, 3:]], dim=1)
+        mean, std = self._imagenet_stats(dev, c)
         return ((x - mean) / std).reshape(b, t, c, cfg.image_size, cfg.image_size)
+
+
+def _gray(rgb: torch.Tensor) -> torch.Tensor:
+    return 0.2989 * rgb[:, 0:1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:3]
+
+
+def _blend(image: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (factor * image + (1 - factor) * other).clamp(0, 1)
+
+
+def _shift_hue(rgb: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue of (N, 3, H, W) images in [0, 1] by `shift` (N, 1, 1) turns: to hue,
+    saturation and value, then back by the closed form v - v s clamp(min(k, 4 - k), 0, 1) with
+    k = (n + 6 hue) mod 6 for n = 5, 3, 1 (red, green, blue)."""
+    r, g, b = rgb.unbind(1)
+    v, _ = rgb.max(1)
+    delta = v - rgb.min(1).values
+    sat = delta / v.clamp_min(1e-12)
+    d = delta.clamp_min(1e-12)
+    hue = torch.where(v == r, (g - b) / d, torch.where(v == g, 2 + (b - r) / d, 4 + (r - g) / d))
+    sector = ((hue / 6 + shift) % 1.0) * 6
+    k = torch.stack([(sector + 5) % 6, (sector + 3) % 6, (sector + 1) % 6], 1)
+    return v[:, None] - (v * sat)[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
 
 
 class ManiFlowPolicy(nn.Module):
@@ -138,8 +184,11 @@ class ManiFlowPolicy(nn.Module):
         self.net = DiTX(cfg.action_dim, cfg.model_horizon, cond_dim, cfg.dim, cfg.depth, cfg.heads,
                         dropout=cfg.dropout)
         self.action_norm = Normalizer(cfg.action_dim)
-        self.state_norm = Normalizer(cfg.action_dim)
+        if cfg.state_norm not in ("identity", "limits"):
+            raise ValueError(f"state_norm {cfg.state_norm!r}: identity or limits")
+        self.state_norm = Normalizer(cfg.action_dim) if cfg.state_norm == "limits" else nn.Identity()
         self.augment = ImageAugment(cfg)
+        self.channels_last = False  # images in the encoders' memory format (set with their weights')
 
     # --- observation -> conditioning ---------------------------------------------------------
     def encode_obs(self, obs: dict, train: bool = False, generator: torch.Generator | None = None):
@@ -147,15 +196,18 @@ class ManiFlowPolicy(nn.Module):
         (B, C, H, W) uint8 -> (B, 1, cond_dim): one conditioning token."""
         cur = obs["current"][:, :self.cfg.n_obs_steps]
         b, t = cur.shape[:2]
-        images = self.augment(cur, train, generator)
-        feats = self.encoders["current"](images.flatten(0, 1)).view(b, t, -1)
-        parts = [feats, self.state_norm(obs["agent_pos"][:, :t])]
-        cond = torch.cat(parts, dim=-1).flatten(1)
+        images = self._layout(self.augment(cur, train, generator).flatten(0, 1))
+        feats = self.encoders["current"](images).view(b, t, -1)
+        state = self.state_norm(obs["agent_pos"][:, :t].float())
+        cond = torch.cat([feats.float(), state], dim=-1).flatten(1)
         if self.cfg.initial:
-            first = self.augment(obs["initial"][:, None], train, generator)[:, 0]
+            first = self._layout(self.augment(obs["initial"][:, None], train, generator)[:, 0])
             encoder = self.encoders["initial" if "initial" in self.encoders else "current"]
-            cond = torch.cat([cond, encoder(first)], dim=-1)  # once per sample, not per step
+            cond = torch.cat([cond, encoder(first).float()], dim=-1)  # once per sample, not per step
         return cond[:, None]
+
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def velocity(self, x, t, dt, cond):
         return self.net(x, t, dt, cond)
@@ -163,46 +215,39 @@ class ManiFlowPolicy(nn.Module):
     # --- training ------------------------------------------------------------------------------
     def compute_loss(self, batch: dict, teacher: "ManiFlowPolicy", generator: torch.Generator | None = None,
                      train: bool = True) -> tuple[torch.Tensor, dict]:
+        """Flow matching on the first `flow_share` of the batch, consistency against `teacher`'s
+        DiTX on the rest; `batch["action"]` holds model_horizon real actions per window."""
         cfg = self.cfg
         x1 = self.action_norm(batch["action"])
-        x1 = self._fit_horizon(x1)
+        if x1.shape[1] != cfg.model_horizon:
+            raise ValueError(f"action windows of {x1.shape[1]} steps; the model predicts {cfg.model_horizon}")
         b, dev = x1.shape[0], x1.device
         cond = self.encode_obs(batch["obs"], train=train, generator=generator)
         x0 = torch.randn(x1.shape, generator=generator, device=dev)
         n_flow = max(1, min(b - 1, int(round(b * cfg.flow_share)))) if b > 1 else 1
+        k = b - n_flow
 
-        # Flow matching on the first share of the batch.
-        t = 0.999 * _beta_icdf_1_15(torch.rand(n_flow, generator=generator, device=dev))
-        xt = (1 - t)[:, None, None] * x0[:n_flow] + t[:, None, None] * x1[:n_flow]
-        pred = self.velocity(xt, t, torch.zeros_like(t), cond[:n_flow])
-        flow = F.mse_loss(pred, x1[:n_flow] - x0[:n_flow])
-
-        # Consistency on the rest, against the EMA teacher.
+        # Flow matching: t = 0.999 Beta(1, 1.5), dt = 0, target x1 - x0.
+        t_flow = 0.999 * _beta_icdf_1_15(torch.rand(n_flow, generator=generator, device=dev))
+        # Consistency: t on the 10-step grid, d ~ U[0, 1), the teacher one step d further on.
+        t_cons = torch.randint(0, 10, (k,), generator=generator, device=dev).float() / 10
+        d = torch.rand(k, generator=generator, device=dev)
+        t = torch.cat([t_flow, t_cons])
+        xt = _interpolate(x0, x1, t)
+        # One student call for both halves: every sample is independent of the others.
+        pred = self.velocity(xt, t, torch.cat([torch.zeros_like(t_flow), d]), cond)
+        flow = F.mse_loss(pred[:n_flow], (x1 - x0)[:n_flow])
         consistency = torch.zeros((), device=dev)
-        if n_flow < b:
-            k = b - n_flow
-            x0c, x1c, cc = x0[n_flow:], x1[n_flow:], cond[n_flow:]
-            t = torch.randint(0, 10, (k,), generator=generator, device=dev).float() / 10
-            d = torch.rand(k, generator=generator, device=dev)
-            t2 = (t + d).clamp(max=1.0)
-            xt = (1 - t)[:, None, None] * x0c + t[:, None, None] * x1c
-            xt2 = (1 - t2)[:, None, None] * x0c + t2[:, None, None] * x1c
+        if k:
             with torch.no_grad():
-                tcond = teacher.encode_obs({key: v[n_flow:] for key, v in batch["obs"].items()},
-                                           train=False) if teacher is not self else cc.detach()
-                vbar = teacher.velocity(xt2, t2, d, tcond)
-                x1_hat = xt2 + (1 - t2)[:, None, None] * vbar
-                target = (x1_hat - xt) / (1 - t)[:, None, None]
-            consistency = F.mse_loss(self.velocity(xt, t, d, cc), target)
+                t2 = (t_cons + d).clamp(max=1.0)
+                xt2 = _interpolate(x0[n_flow:], x1[n_flow:], t2)
+                # The teacher's DiTX sees the student's conditioning (the same augmented images).
+                vbar = teacher.velocity(xt2, t2, d, cond[n_flow:].detach())
+                target = (xt2 + (1 - t2)[:, None, None] * vbar - xt[n_flow:]) / (1 - t_cons)[:, None, None]
+            consistency = F.mse_loss(pred[n_flow:], target)
         loss = flow + consistency
         return loss, {"loss": loss.detach(), "flow": flow.detach(), "consistency": consistency.detach()}
-
-    def _fit_horizon(self, action: torch.Tensor) -> torch.Tensor:
-        """Pad (repeating the last action) windows shorter than the model's horizon."""
-        h = self.cfg.model_horizon
-        if action.shape[1] >= h:
-            return action[:, :h]
-        return torch.cat([action, action[:, -1:].expand(-1, h - action.shape[1], -1)], dim=1)
 
     # --- inference -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -224,6 +269,12 @@ class ManiFlowPolicy(nn.Module):
         """All n_action_steps actions from the current step on: (B, n_action_steps, A)."""
         start = self.cfg.n_obs_steps - 1
         return self.sample(obs, steps, generator)[:, start:start + self.cfg.n_action_steps]
+
+
+def _interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = (1 - t) x0 + t x1: noise at t = 0, actions at t = 1."""
+    t = t[:, None, None]
+    return (1 - t) * x0 + t * x1
 
 
 def _beta_icdf_1_15(u: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from maniflow.maniskill import is_maniskill_task
+from maniflow.policy import MODEL_VERSION
 from maniflow.stats import Estimate, bootstrap, in_words, paired_difference
 from maniflow.storage import temp_sibling, write_json
 
@@ -97,6 +98,10 @@ def build_report(records: list[dict], baselines: dict[str, dict], out, title: st
                  notes: list[str] | None = None) -> Path:
     """Write the report directory; returns report.md."""
     out = Path(out)
+    versions = sorted({r.get("model_version", 1) for r in records})
+    if len(versions) > 1:
+        raise ValueError(f"the records come from model versions {versions}: one report compares one version "
+                         "(retrain or evaluate the older runs apart)")
     tmp = temp_sibling(out)
     (tmp / "strips").mkdir(parents=True)
     cells = _outcomes(records)
@@ -114,7 +119,9 @@ def build_report(records: list[dict], baselines: dict[str, dict], out, title: st
            f"cell), training seeds {seeds}, paths from `{eval_cfg.get('provider', '?')}`, "
            f"{eval_cfg.get('execute_steps', '?')} actions executed per predicted chunk. "
            "Success rates are means over seeds and episodes with 95% bootstrap intervals; "
-           "action error is the offline MAE (joint units) on held-out cluttered episodes.", ""]
+           "action error is the offline MAE (joint units) on held-out cluttered episodes. "
+           f"Policy: ManiFlow model version {versions[0] if versions else MODEL_VERSION} "
+           "(docs/maniflow-fidelity.md).", ""]
     md += [f"- {n}" for n in notes or []]
     md += data_section(records)
     md += ["", "## Answers", ""]

@@ -1,15 +1,20 @@
 """Train one ManiFlow policy on one dataset store: resumable, checkpointed, observable.
 
-    run/config.json                       the full configuration
-    run/checkpoints/latest.ckpt           after every epoch (atomic; torch.load(weights_only=True))
-    run/checkpoints/epoch=EEEE-val_loss=V.ckpt   the top-k by validation loss
+    run/config.json                       the full configuration, with the model version
+    run/checkpoints/latest.ckpt           every `checkpoint_every` epochs and at the end (atomic;
+                                          torch.load(weights_only=True)); everything to resume
+    run/checkpoints/epoch=EEEE-val_loss=V.ckpt   the top-k by validation loss: EMA weights only
     run/metrics.jsonl, run/loss.png       per-epoch losses, learning rate, speed
 
-A checkpoint holds the model, the EMA model and its step counter, the optimizer, the step and
+latest.ckpt holds the model, the EMA model and its step counter, the optimizer, the step and
 epoch, the random generator states and the top-k list, so a killed run resumes to the same
 weights as an uninterrupted one (CPU, fixed seed). The learning rate is a pure function of the
 step (cosine with linear warm-up), so there is no scheduler state to lose. A NaN or inf loss
 stops the run with `TrainingDiverged`; the last checkpoint stays as it was.
+
+The step loop never waits for the device except every `log_every` steps: losses are summed on
+the device, the EMA is one foreach operation, AdamW is fused, and on CUDA the step runs under
+bf16 autocast with channels_last encoders (`compile` adds torch.compile).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import numpy as np
 import torch
 
 from maniflow.datasets import DEFAULT_LABEL
-from maniflow.policy import ManiFlowPolicy, PolicyConfig
+from maniflow.policy import MODEL_VERSION, ManiFlowPolicy, Normalizer, PolicyConfig
 from maniflow.replay import CONDITIONS, ReplayData, Windows
 from maniflow.storage import temp_sibling
 
@@ -44,7 +49,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 1e-3
     warmup_steps: int = 500
-    grad_clip: float = 1.0
+    grad_clip: float | None = None  # upstream clips nothing
     ema_power: float = 0.75
     ema_max: float = 0.9999
     val_ratio: float = 0.1
@@ -52,8 +57,21 @@ class TrainConfig:
     # held-out set (the same positions in every store of a task, so every cell is judged alike).
     holdout_episodes: int = 0
     top_k: int = 3
+    val_every: int = 10  # epochs between validations (top-k candidates); the last epoch always
+    checkpoint_every: int = 10  # epochs between latest.ckpt writes; the last epoch always
+    log_every: int = 50  # steps between progress reports (each waits for the device)
     seed: int = 0
     device: str = "auto"  # auto: cuda when available
+    bf16: bool = True  # bf16 autocast and channels_last encoders, on CUDA only
+    compile: bool = False  # torch.compile the encoders and the DiTX (slow first steps)
+
+    def __post_init__(self):
+        if min(self.val_every, self.checkpoint_every, self.log_every) < 1:
+            raise ValueError("val_every, checkpoint_every and log_every are counts of at least 1")
+
+
+# Settings that change how a run goes, not what it computes: a run resumes under other values.
+RUN_MECHANICS = ("device", "compile", "log_every")
 
 
 PRESETS = {
@@ -61,9 +79,12 @@ PRESETS = {
     "paper": TrainConfig(holdout_episodes=5),
     # Same code at toy sizes: about two minutes on 2 CPU cores for a demo cell (30 episodes),
     # and it learns (lr 1e-3: the toy model fits 4x lower loss in the same steps than at 3e-4).
+    # Clipped at 1.0: lr 1e-3 is ten times upstream's. agent_pos min/max-normalised: the toy model
+    # learns far less from raw joint angles (benchmarks/bench_state_norm.py).
     "demo": TrainConfig(policy=PolicyConfig(image_size=64, encoder="test_resnet", dim=128, depth=2, heads=4,
-                                            dropout=0.0, inference_steps=2),
-                        batch_size=32, epochs=12, lr=1e-3, warmup_steps=20, top_k=2, holdout_episodes=2),
+                                            dropout=0.0, inference_steps=2, state_norm="limits"),
+                        batch_size=32, epochs=12, lr=1e-3, warmup_steps=20, grad_clip=1.0, top_k=2,
+                        holdout_episodes=2, val_every=1, checkpoint_every=1, log_every=10),
 }
 
 
@@ -78,12 +99,14 @@ def run_name(env: str, condition: str, task: str, preset: str, seed: int, label:
 
 
 def run_finished(run) -> bool:
-    """Whether a run directory holds a finished training (all configured epochs done)."""
+    """Whether a run directory holds a finished training (all configured epochs done) of this
+    model version."""
     run = Path(run)
     try:
-        epochs = json.loads((run / "config.json").read_text())["train"]["epochs"]
+        config = json.loads((run / "config.json").read_text())
         lines = (run / "metrics.jsonl").read_text().splitlines()
-        return bool(lines) and json.loads(lines[-1])["epoch"] + 1 >= epochs \
+        return config.get("model_version") == MODEL_VERSION and bool(lines) \
+            and json.loads(lines[-1])["epoch"] + 1 >= config["train"]["epochs"] \
             and (run / "checkpoints" / "latest.ckpt").exists()
     except (FileNotFoundError, KeyError, ValueError):
         return False
@@ -107,19 +130,36 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def ema_decay(step: int, cfg: TrainConfig) -> float:
-    """diffusion_policy's EMAModel schedule: 1 - (1 + step)^-power, capped."""
-    if step <= 0:
+def ema_decay(updates: int, cfg: TrainConfig) -> float:
+    """Upstream EMAModel.get_decay after `updates` earlier updates: the first two copy the model,
+    then 1 - (1 + n)^-power with n = updates - 1, capped."""
+    n = updates - 1
+    if n <= 0:
         return 0.0
-    return min(cfg.ema_max, 1 - (1 + step) ** -cfg.ema_power)
+    return min(cfg.ema_max, 1 - (1 + n) ** -cfg.ema_power)
 
 
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for pe, p in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(p, 1 - decay)
-    for be, b in zip(ema.buffers(), model.buffers()):
-        be.copy_(b)
+class EMA:
+    """Upstream's EMA update in two foreach operations: trainable parameters move towards the
+    model's, BatchNorm and frozen parameters are copied. Buffers (BatchNorm running statistics,
+    our normalisers) are copied too; upstream's EMA never updates buffers, so it keeps its
+    initial BatchNorm statistics."""
+
+    def __init__(self, ema: torch.nn.Module, model: torch.nn.Module):
+        self.averaged, self.averaged_src, self.copied, self.copied_src = [], [], [], []
+        for m_ema, m in zip(ema.modules(), model.modules()):
+            batch_norm = isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            for pe, p in zip(m_ema.parameters(recurse=False), m.parameters(recurse=False)):
+                averaged = p.requires_grad and not batch_norm
+                (self.averaged if averaged else self.copied).append(pe)
+                (self.averaged_src if averaged else self.copied_src).append(p)
+        self.copied += list(ema.buffers())
+        self.copied_src += list(model.buffers())
+
+    @torch.no_grad()
+    def update(self, decay: float) -> None:
+        torch._foreach_lerp_(self.averaged, [p.detach() for p in self.averaged_src], 1 - decay)
+        torch._foreach_copy_(self.copied, self.copied_src)
 
 
 def split_episodes(n: int, val_ratio: float, seed: int) -> tuple[list[int], list[int]]:
@@ -149,17 +189,24 @@ def train(store: Path, condition: str, run: Path, cfg: TrainConfig = PRESETS["pa
           progress: Callable[[dict], None] | None = None) -> TrainResult:
     """Train (or resume) the policy for `condition` on the dataset `store` into `run`."""
     run, store = Path(run), Path(store)
+    device = pick_device(cfg.device)
+    config_record = {"store": str(store), "condition": condition, "model_version": MODEL_VERSION,
+                     "train": _jsonable(cfg)}
+    _archive_other_model_version(run)
     ckpts = run / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
-    config_record = {"store": str(store), "condition": condition, "train": _jsonable(cfg)}
     latest = ckpts / "latest.ckpt"
     saved = torch.load(latest, map_location=device, weights_only=True) if latest.exists() else None
-    if saved is not None and saved["config"] != config_record:
+    if saved is not None and _what_it_computes(saved["config"]) != _what_it_computes(config_record):
         raise ValueError(f"{run} holds a run with another configuration; use another run directory")
     (run / "config.json").write_text(json.dumps(config_record, indent=1))
-    if saved is not None and saved["epoch"] >= cfg.epochs:  # finished before: nothing to load or do
-        return _result(run, saved)
+    if saved is None:
+        _drop_stale_topk(ckpts, [])  # written before a kill that came before any latest.ckpt
+        _write_metrics(run / "metrics.jsonl", [])
+    else:
+        _write_metrics(run / "metrics.jsonl", saved["history"])  # drops epochs after the checkpoint
+        if saved["epoch"] >= cfg.epochs:  # finished before: nothing to load or do
+            return _result(run, saved)
 
     torch.manual_seed(cfg.seed)
     data = ReplayData(store, condition, device)
@@ -170,14 +217,19 @@ def train(store: Path, condition: str, run: Path, cfg: TrainConfig = PRESETS["pa
     train_eps, val_eps = split_episodes(trainable, cfg.val_ratio, cfg.seed)
     pcfg = replace(cfg.policy, channels=data.channels, action_dim=int(data.action.shape[1]),
                    initial=CONDITIONS[condition].initial)
-    train_w = data.windows(train_eps, pcfg.horizon, pcfg.n_obs_steps, pcfg.n_action_steps)
-    val_w = data.windows(val_eps, pcfg.horizon, pcfg.n_obs_steps, pcfg.n_action_steps)
+    train_w, val_w = (data.windows(eps, pcfg.model_horizon, pcfg.n_obs_steps, pcfg.n_action_steps)
+                      for eps in (train_eps, val_eps))
     policy = ManiFlowPolicy(pcfg).to(device)
     rows = torch.unique(train_w.table.flatten())
     policy.action_norm.fit(data.action[rows])
-    policy.state_norm.fit(data.state[rows])
+    if isinstance(policy.state_norm, Normalizer):
+        policy.state_norm.fit(data.state[rows])
     ema = copy.deepcopy(policy).eval().requires_grad_(False)  # the teacher: always in eval mode
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    amp = cfg.bf16 and device.type == "cuda"
+    for model in (policy, ema):
+        prepare_for_device(model, amp, cfg.compile)
+    opt = make_optimizer(policy, cfg)
+    averager = EMA(ema, policy)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     state = {"epoch": 0, "step": 0, "ema_step": 0, "topk": [], "history": []}
     if saved is not None:
@@ -194,96 +246,181 @@ def train(store: Path, condition: str, run: Path, cfg: TrainConfig = PRESETS["pa
 
     steps_per_epoch = math.ceil(len(train_w) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
-    use_bf16 = device.type == "cuda"
+    dropped: list[str] = []  # top-k files out of the list, still listed by latest.ckpt
     for epoch in range(state["epoch"], cfg.epochs):
         policy.train()
         start = time.perf_counter()
-        sums = {"loss": 0.0, "flow": 0.0, "consistency": 0.0}
+        sums = torch.zeros(3, device=device)  # loss, flow, consistency: summed without a host sync
         perm = torch.randperm(len(train_w), generator=gen, device=device)
         for i in range(steps_per_epoch):
-            ids = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            batch = train_w.batch(ids)
+            batch = train_w.batch(perm[i * cfg.batch_size:(i + 1) * cfg.batch_size])
             lr = lr_at(state["step"], total, cfg)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss, metrics = policy.compute_loss(batch, ema, gen)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch}, step {state['step']}; "
-                                       f"stopped, the last checkpoint ({latest}) is intact")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-            opt.step()
+            metrics = train_step(policy, ema, averager, opt, batch, gen, cfg, lr,
+                                 ema_decay(state["ema_step"], cfg), amp)
             state["ema_step"] += 1
-            ema_update(ema, policy, ema_decay(state["ema_step"], cfg))
             state["step"] += 1
-            for k in sums:
-                sums[k] += metrics[k].item()
-            if progress:
-                progress({"epoch": epoch, "epochs": cfg.epochs, "step": state["step"], "total_steps": total,
-                          "loss": metrics["loss"].item(), "lr": lr})
+            sums += torch.stack([metrics["loss"], metrics["flow"], metrics["consistency"]]).float()
+            last = i + 1 == steps_per_epoch
+            if last or (i + 1) % cfg.log_every == 0:  # the only host syncs of the loop
+                _check_finite(sums, epoch, state["step"], latest)
+                if progress:
+                    progress({"epoch": epoch, "epochs": cfg.epochs, "step": state["step"], "total_steps": total,
+                              "loss": metrics["loss"].item(), "lr": lr})
         seconds = time.perf_counter() - start
-        val = validation_loss(ema, val_w, cfg) if len(val_w) else None
-        record = {"epoch": epoch, "step": state["step"], **{k: v / steps_per_epoch for k, v in sums.items()},
-                  "val_loss": val, "lr": lr, "seconds": round(seconds, 3),
-                  "samples_per_s": round(len(train_w) / seconds, 1)}
+        final = epoch + 1 == cfg.epochs
+        validate = len(val_w) > 0 and (final or (epoch + 1) % cfg.val_every == 0)
+        val = validation_loss(ema, val_w) if validate else None
+        if val is not None and not math.isfinite(val):
+            raise TrainingDiverged(f"validation loss is {val} at epoch {epoch}; stopped, the last checkpoint "
+                                   f"({latest}) is intact")
+        means = (sums / steps_per_epoch).tolist()
+        record = {"epoch": epoch, "step": state["step"], "loss": means[0], "flow": means[1],
+                  "consistency": means[2], "val_loss": val, "lr": lr, "seconds": round(seconds, 3),
+                  "samples_per_s": round(len(train_w) / seconds, 1), "device": device.type, "bf16": amp}
         state["history"].append(record)
         state["epoch"] = epoch + 1
-        snapshot = lambda: _checkpoint(policy, ema, opt, gen, state, config_record)  # noqa: E731
-        _update_topk(ckpts, state, epoch, val, cfg, snapshot)
-        _save(snapshot(), latest)
+        dropped += _update_topk(ckpts, state, epoch, val, cfg, lambda: _weights(ema, state, config_record))
+        if final or (epoch + 1) % cfg.checkpoint_every == 0:
+            _check_finite(torch.stack(torch._foreach_norm(list(ema.parameters()))), epoch, state["step"], latest,
+                          "the EMA weights are")  # a last step's update is after its loss check
+            _save(_checkpoint(policy, ema, opt, gen, state, config_record), latest)
+            for name in dropped:
+                (ckpts / name).unlink(missing_ok=True)
+            dropped = []
         with open(run / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        plot_losses(state["history"], run / "loss.png")
+        if validate or final:
+            plot_losses(state["history"], run / "loss.png")
         log.info("epoch %d: loss %.5f val %s (%.1f samples/s)", epoch, record["loss"], val, record["samples_per_s"])
     return _result(run, state)
+
+
+def train_step(policy: ManiFlowPolicy, ema: ManiFlowPolicy, averager: EMA, opt: torch.optim.Optimizer,
+               batch: dict, gen: torch.Generator, cfg: TrainConfig, lr: float, decay: float, amp: bool) -> dict:
+    """One optimisation step and EMA update; returns the losses as device tensors (no host sync)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with torch.autocast(gen.device.type, dtype=torch.bfloat16, enabled=amp):
+        loss, metrics = policy.compute_loss(batch, ema, gen)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip, foreach=True)
+    opt.step()
+    averager.update(decay)
+    return metrics
+
+
+def make_optimizer(policy: ManiFlowPolicy, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over all parameters at one weight decay, as upstream's workspace; fused kernels."""
+    return torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                             fused=True)
+
+
+def prepare_for_device(policy: ManiFlowPolicy, amp: bool, compile: bool) -> None:
+    """channels_last encoders under bf16 autocast (tensor-core convolutions); opt-in torch.compile
+    of the encoders and the DiTX in place (parameter names, hence checkpoints, unchanged)."""
+    if amp:
+        policy.channels_last = True
+        policy.encoders.to(memory_format=torch.channels_last)
+    if compile:
+        for module in (*policy.encoders.values(), policy.net):
+            module.compile()
+
+
+def _check_finite(values: torch.Tensor, epoch: int, step: int, latest: Path, what: str = "loss is") -> None:
+    """One host sync: raise TrainingDiverged if any value is NaN or infinite."""
+    if not torch.isfinite(values).all():
+        bad = values[~torch.isfinite(values)][0].item()
+        raise TrainingDiverged(f"{what} {bad} at epoch {epoch} (by step {step}); "
+                               f"stopped, the last checkpoint ({latest}) is intact")
+
+
+def _what_it_computes(config_record: dict) -> dict:
+    return {**config_record, "train": {k: v for k, v in config_record["train"].items() if k not in RUN_MECHANICS}}
+
+
+def _archive_other_model_version(run: Path) -> None:
+    """A run of another model version is moved aside (`{run}.model-vN`), never resumed or mixed."""
+    try:
+        version = json.loads((run / "config.json").read_text()).get("model_version", 1)
+    except FileNotFoundError:
+        return
+    if version != MODEL_VERSION:
+        aside = run.with_name(f"{run.name}.model-v{version}")
+        n = 1
+        while aside.exists():  # archived before: keep both
+            aside, n = run.with_name(f"{run.name}.model-v{version}-{n}"), n + 1
+        os.replace(run, aside)
+        log.warning("%s was trained by model version %s (this code: %s); moved to %s, training anew",
+                    run, version, MODEL_VERSION, aside)
+
+
+def _write_metrics(path: Path, history: list[dict]) -> None:
+    tmp = temp_sibling(path)
+    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+    os.replace(tmp, path)
 
 
 def _result(run: Path, state: dict) -> TrainResult:
     history = state["history"]
     best = run / "checkpoints" / state["topk"][0][1] if state["topk"] else None
-    return TrainResult(run, state["epoch"], state["step"], history[-1]["val_loss"] if history else None, best,
-                       history)
+    vals = [h["val_loss"] for h in history if h["val_loss"] is not None]
+    return TrainResult(run, state["epoch"], state["step"], vals[-1] if vals else None, best, history)
+
+
+# The validation noise and batches: the same for every run, whatever its batch size, so
+# validation losses compare across epochs, seeds and presets.
+VALIDATION_SEED, VALIDATION_BATCH = 0, 64
 
 
 @torch.no_grad()
-def validation_loss(model: ManiFlowPolicy, windows: Windows, cfg: TrainConfig) -> float:
-    """The training loss of the EMA model on held-out episodes, with fixed noise (comparable
-    across epochs), without augmentation."""
-    gen = torch.Generator(device=windows.table.device).manual_seed(cfg.seed + 1)
-    total, n = 0.0, 0
-    for s in range(0, len(windows), cfg.batch_size):
-        ids = torch.arange(s, min(s + cfg.batch_size, len(windows)), device=windows.table.device)
-        loss, _ = model.compute_loss(windows.batch(ids), model, gen, train=False)
-        total += loss.item() * len(ids)
-        n += len(ids)
-    return total / n
+def validation_loss(model: ManiFlowPolicy, windows: Windows) -> float:
+    """The training loss of `model` (the EMA policy, its own teacher) on `windows`: no
+    augmentation, fixed noise, batches of VALIDATION_BATCH, summed on the device (bf16 autocast on
+    CUDA). Training validation and the offline evaluation both use this definition."""
+    device = windows.table.device
+    amp = device.type == "cuda"
+    gen = torch.Generator(device=device).manual_seed(VALIDATION_SEED)
+    total = torch.zeros((), device=device)
+    for s in range(0, len(windows), VALIDATION_BATCH):
+        ids = torch.arange(s, min(s + VALIDATION_BATCH, len(windows)), device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss, _ = model.compute_loss(windows.batch(ids), model, gen, train=False)
+        total += loss.float() * len(ids)
+    return (total / len(windows)).item()
+
+
+def _weights(ema: ManiFlowPolicy, state: dict, config_record: dict) -> dict:
+    """A top-k checkpoint: the EMA weights and what evaluation reads, no optimizer state."""
+    return {"ema": ema.state_dict(), "policy": asdict(ema.cfg), "config": config_record,
+            **{k: state[k] for k in ("epoch", "step", "ema_step", "history")}}
 
 
 def _checkpoint(policy, ema, opt, gen, state, config_record) -> dict:
-    return {"model": policy.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-            "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "config": config_record,
-            "cuda_rng": torch.cuda.get_rng_state(gen.device) if gen.device.type == "cuda" else None,
-            "policy": asdict(policy.cfg),
-            **{k: state[k] for k in ("epoch", "step", "ema_step", "topk", "history")}}
+    """latest.ckpt: everything a resume needs."""
+    return {**_weights(ema, state, config_record), "model": policy.state_dict(), "optimizer": opt.state_dict(),
+            "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "topk": state["topk"],
+            "cuda_rng": torch.cuda.get_rng_state(gen.device) if gen.device.type == "cuda" else None}
 
 
 def _update_topk(ckpts: Path, state: dict, epoch: int, val: float | None, cfg: TrainConfig,
-                 snapshot: Callable[[], dict]) -> None:
-    """Keep the k best checkpoints by validation loss; written before latest.ckpt, which lists them."""
+                 weights: Callable[[], dict]) -> list[str]:
+    """Keep the k best checkpoints (EMA weights) by validation loss, written before latest.ckpt,
+    which lists them. Returns the names that left the list: deleted once latest.ckpt no longer
+    lists them."""
     if val is None or cfg.top_k <= 0:
-        return
+        return []
     topk = state["topk"]
     if len(topk) >= cfg.top_k and val >= topk[-1][0]:
-        return
+        return []
     name = f"epoch={epoch:04d}-val_loss={val:.6f}.ckpt"
     topk.append([val, name])
     topk.sort(key=lambda x: x[0])
-    _save(snapshot(), ckpts / name)
-    for _, dropped in topk[cfg.top_k:]:
-        (ckpts / dropped).unlink(missing_ok=True)
+    _save(weights(), ckpts / name)
+    dropped = [n for _, n in topk[cfg.top_k:]]
     del topk[cfg.top_k:]
+    return dropped
 
 
 def _drop_stale_topk(ckpts: Path, topk: list) -> None:
@@ -298,6 +435,8 @@ def load_policy(checkpoint: Path, device: str = "cpu", ema: bool = True) -> Mani
     """The (EMA) policy of a checkpoint, ready for predict_action."""
     saved = torch.load(checkpoint, map_location=device, weights_only=True)
     policy = ManiFlowPolicy(PolicyConfig(**saved["policy"]))
+    if not ema and "model" not in saved:
+        raise ValueError(f"{checkpoint}: a top-k checkpoint holds the EMA weights only; use latest.ckpt")
     policy.load_state_dict(saved["ema" if ema else "model"])
     return policy.to(device).eval()
 

@@ -13,9 +13,10 @@ import torch
 
 from maniflow.datasets import render_task
 from maniflow.paths.label import ProviderConfig, label_paths
-from maniflow.policy import ManiFlowPolicy, PolicyConfig
+from maniflow.policy import MODEL_VERSION, ManiFlowPolicy, PolicyConfig
 from maniflow.replay import CONDITIONS, ReplayData, window_table
-from maniflow.train import PRESETS, TrainConfig, TrainingDiverged, ema_decay, load_policy, lr_at, train
+from maniflow.train import (PRESETS, TrainConfig, TrainingDiverged, ema_decay, load_policy, lr_at, run_finished,
+                            train)
 
 ENV, TASK = "clean", "open_microwave"
 TINY = replace(PRESETS["demo"], policy=PolicyConfig(image_size=32, encoder="test_resnet", dim=32, depth=1, heads=2,
@@ -66,11 +67,11 @@ def test_windows_match_the_reference_sampler_everywhere(horizon, n_obs, n_act):
 def test_every_condition_has_the_right_shapes(stores, condition):
     data = ReplayData(stores[CONDITIONS[condition].dataset], condition)
     cfg = replace(TINY.policy, channels=data.channels, initial=CONDITIONS[condition].initial)
-    windows = data.windows(list(range(data.num_episodes)), cfg.horizon, cfg.n_obs_steps, cfg.n_action_steps)
+    windows = data.windows(list(range(data.num_episodes)), cfg.model_horizon, cfg.n_obs_steps, cfg.n_action_steps)
     batch = windows.batch(torch.arange(5))
     c = 6 if condition.startswith("concat") else 3
     assert batch["obs"]["current"].shape == (5, 2, c, 48, 48) and batch["obs"]["current"].dtype == torch.uint8
-    assert batch["obs"]["agent_pos"].shape == (5, 2, 14) and batch["action"].shape == (5, 8, 14)
+    assert batch["obs"]["agent_pos"].shape == (5, 2, 14) and batch["action"].shape == (5, 9, 14)
     assert ("initial" in batch["obs"]) == CONDITIONS[condition].initial
     if CONDITIONS[condition].initial:
         assert batch["obs"]["initial"].shape == (5, c, 48, 48)
@@ -78,7 +79,6 @@ def test_every_condition_has_the_right_shapes(stores, condition):
     torch.manual_seed(0)
     policy = ManiFlowPolicy(cfg)
     policy.action_norm.fit(data.action)
-    policy.state_norm.fit(data.state)
     loss, metrics = policy.compute_loss(batch, policy)
     assert loss.ndim == 0 and torch.isfinite(loss) and metrics["consistency"] > 0
     actions = policy.eval().predict_action(batch["obs"], steps=1)
@@ -107,7 +107,8 @@ def test_schedules():
     cfg = TrainConfig(lr=1e-4, warmup_steps=500)
     assert lr_at(0, 10_000, cfg) == 0 and lr_at(250, 10_000, cfg) == pytest.approx(5e-5)
     assert lr_at(500, 10_000, cfg) == pytest.approx(1e-4) and lr_at(10_000, 10_000, cfg) == pytest.approx(0)
-    assert ema_decay(0, cfg) == 0 and ema_decay(1, cfg) == pytest.approx(1 - 2 ** -0.75)
+    # Upstream EMAModel: the first two updates copy the model, the third uses 1 - 2^-0.75.
+    assert ema_decay(0, cfg) == ema_decay(1, cfg) == 0 and ema_decay(2, cfg) == pytest.approx(1 - 2 ** -0.75)
     assert ema_decay(10 ** 9, cfg) == 0.9999
 
 
@@ -123,25 +124,31 @@ def test_training_learns_and_checkpoints_load_safely(stores, tmp_path):
     assert "latest.ckpt" in ckpts and len(ckpts) == 3  # latest + top-2
     saved = torch.load(tmp_path / "run" / "checkpoints" / "latest.ckpt", weights_only=True)
     assert saved["epoch"] == 4 and saved["ema_step"] == saved["step"] == result.steps
+    best = torch.load(result.best, weights_only=True)
+    assert "optimizer" not in best and "model" not in best and best["ema"].keys() == saved["ema"].keys()
+    assert saved["config"]["model_version"] == MODEL_VERSION
     policy = load_policy(result.best)
     data = ReplayData(stores["overlay"], "overlay_current")
-    obs = data.windows([0], 8, 2, 8).batch(torch.arange(3))["obs"]
+    obs = data.windows([0], 9, 2, 8).batch(torch.arange(3))["obs"]
     assert policy.predict_action(obs, steps=2).shape == (3, 8, 14)
 
 
 def test_killed_and_resumed_run_ends_with_the_same_weights(stores, tmp_path):
-    cfg = replace(TINY, epochs=3)
+    # latest.ckpt every 2 epochs, validation (and top-k) every epoch: a kill in epoch 3 resumes
+    # from the end of epoch 1 although epoch 2 already wrote and dropped top-k files.
+    cfg = replace(TINY, epochs=4, checkpoint_every=2, val_every=1, log_every=1, top_k=1)
     whole = train(stores["overlay"], "overlay_initial_current", tmp_path / "whole", cfg)
 
     calls = {"n": 0}
 
-    def kill_in_epoch_two(info):
+    def kill_in_epoch_three(info):
         calls["n"] += 1
-        if info["epoch"] == 2 and calls["n"] % 3 == 0:
-            raise KeyboardInterrupt  # stands in for a kill mid-epoch: latest.ckpt is from epoch 1
+        if info["epoch"] == 3 and calls["n"] % 3 == 0:
+            raise KeyboardInterrupt  # stands in for a kill mid-epoch
 
     with pytest.raises(KeyboardInterrupt):
-        train(stores["overlay"], "overlay_initial_current", tmp_path / "split", cfg, progress=kill_in_epoch_two)
+        train(stores["overlay"], "overlay_initial_current", tmp_path / "split", cfg, progress=kill_in_epoch_three)
+    assert torch.load(tmp_path / "split/checkpoints/latest.ckpt", weights_only=True)["epoch"] == 2
     resumed = train(stores["overlay"], "overlay_initial_current", tmp_path / "split", cfg)
     a = torch.load(tmp_path / "whole/checkpoints/latest.ckpt", weights_only=True)
     b = torch.load(tmp_path / "split/checkpoints/latest.ckpt", weights_only=True)
@@ -152,7 +159,30 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(stores, tmp_path):
     assert a["ema_step"] == b["ema_step"] and a["topk"] == b["topk"]
     assert [h["loss"] for h in whole.history] == [h["loss"] for h in resumed.history]
     kept = sorted(p.name for p in (tmp_path / "split/checkpoints").glob("epoch=*.ckpt"))
-    assert kept == sorted(name for _, name in b["topk"])
+    assert kept == sorted(name for _, name in b["topk"]) and len(kept) == 1
+    lines = (tmp_path / "split/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2, 3]  # the lost epoch not twice
+
+
+def test_validation_and_checkpoint_cadence_and_model_versions(stores, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"store": "old", "train": {"epochs": 1}}))  # version 1
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 0}) + "\n")
+    assert not run_finished(run)  # another model version is never taken as finished
+    cfg = replace(TINY, epochs=3, val_every=2, checkpoint_every=2)
+    result = train(stores["original"], "original", run, cfg)
+    assert json.loads((tmp_path / "run.model-v1" / "config.json").read_text())["store"] == "old"  # moved aside
+    assert [h["val_loss"] is not None for h in result.history] == [False, True, True]  # every 2nd and the last
+    assert run_finished(run) and torch.load(run / "checkpoints/latest.ckpt", weights_only=True)["epoch"] == 3
+    # Killed after the last latest.ckpt but before its metrics line: the next call restores the line.
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    assert not run_finished(run)
+    again = train(stores["original"], "original", run, replace(cfg, log_every=7))  # mechanics may differ
+    assert run_finished(run) and again.history == result.history
+    with pytest.raises(ValueError, match="counts of at least 1"):
+        replace(cfg, checkpoint_every=0)
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(stores, tmp_path, monkeypatch):
@@ -213,11 +243,16 @@ def test_encoder_weights_load_from_a_local_file_only(tmp_path, caplog):
     from maniflow.model import make_encoder
 
     source = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    source.bn1.running_mean.uniform_(-1, 1)  # pretrained statistics, as R3M's or ImageNet's
     state = {f"convnet.{k}": v for k, v in source.state_dict().items()}  # R3M's key prefix
     torch.save(state, tmp_path / "r3m.pt")
     enc = make_encoder("resnet18", 3, tmp_path / "r3m.pt")
     assert torch.equal(enc.conv1.weight, source.conv1.weight)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.modules())  # GroupNorm instead
+    # Loaded weights keep their BatchNorm statistics (upstream: GroupNorm only when not pretrained).
+    assert isinstance(enc.bn1, torch.nn.BatchNorm2d) and torch.equal(enc.bn1.running_mean, source.bn1.running_mean)
+    fresh = make_encoder("resnet18", 3, None)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fresh.modules())  # GroupNorm instead
+    assert [m.num_groups for m in fresh.modules() if isinstance(m, torch.nn.GroupNorm)][:2] == [4, 4]
     six = make_encoder("resnet18", 6, tmp_path / "r3m.pt")  # concat input: RGB filters tiled and halved
     assert torch.allclose(six.conv1.weight[:, 3:], source.conv1.weight / 2)
     with caplog.at_level(logging.INFO, "maniflow.model"):
@@ -267,6 +302,9 @@ def test_evaluation_is_deterministic_and_the_report_answers_the_questions(stores
     assert eval_file.stat().st_mtime_ns == mtime
 
     md = build_report(records, baselines, tmp_path / "report").read_text()
+    with pytest.raises(ValueError, match=r"model versions \[1, 2\]"):  # never mixed in one report
+        build_report([records[0], {**records[1], "model_version": 1}], baselines, tmp_path / "mixed")
+    assert f"ManiFlow model version {MODEL_VERSION}" in md
     assert f"| {TASK} |" in md and "| do nothing | expert |" in md
     # The report names where the data came from, as the frames store recorded it.
     assert records[0]["data"]["layouts"] == {"robotwin2": 3} and records[0]["data"]["config"] == "demo_clean"
