@@ -12,7 +12,8 @@
 2. flops: FLOPs of one paper-preset training sample at 224 px, by component, and what they mean
    for the ceiling on an H100 (989 TFLOP/s dense bf16).
 3. checkpoints: bytes and seconds of checkpoint writes per epoch, old (full latest.ckpt every
-   epoch plus a full top-k copy) against new (every `checkpoint_every` epochs; top-k EMA weights).
+   epoch plus a full top-k copy) against new (every `checkpoint_every` epochs; top-k EMA weights),
+   and the shares of data, model and checkpoint writes in an epoch of the user's size.
 4. data: batches/s of our data path (one gather of the observation images on the device +
    augmentation) against the user's way: per-sample __getitem__ over float32 images copying
    all horizon frames, batched by DataLoader(num_workers=0).
@@ -162,7 +163,7 @@ def _sync(device) -> None:
 
 
 def step_speed(data: ReplayData, image_size: int, batch: int, steps: int, device) -> dict:
-    """samples/s of the old and the new training step, and the new one's data / model split."""
+    """samples/s of the old and the new training step, and the share of the step spent on data."""
     out = {}
     for name in ("old", "new"):
         policy, ema = _paper_policy(data, image_size, device)
@@ -183,18 +184,16 @@ def step_speed(data: ReplayData, image_size: int, batch: int, steps: int, device
                 start = time.perf_counter()
             t0 = time.perf_counter()
             b = windows.batch(torch.randint(0, len(windows), (batch,), generator=gen, device=device))
+            _sync(device)
+            data_s += (time.perf_counter() - t0) if i else 0.0
             if name == "new":
-                _sync(device)
-                data_s += (time.perf_counter() - t0) if i else 0.0
                 train_step(policy, ema, averager, opt, b, gen, cfg, 1e-4, 0.99, amp)
             else:
                 old_step(policy, ema, opt, b, gen)
         _sync(device)
         seconds = time.perf_counter() - start
         out[f"{name}_samples_per_s"] = round(steps * batch / seconds, 2)
-        if name == "new":
-            out["new_data_share"] = round(data_s / seconds, 4)
-            out["new_model_share"] = round(1 - data_s / seconds, 4)
+        out[f"{name}_data_share"] = round(data_s / seconds, 4)
     out["speedup"] = round(out["new_samples_per_s"] / out["old_samples_per_s"], 2)
     out.update(batch=batch, image_size=image_size, steps=steps, device=str(device),
                bf16=device.type == "cuda")
@@ -256,6 +255,22 @@ def checkpoint_io(data: ReplayData, tmp: Path) -> dict:
                     "at each validation (every checkpoint_every epochs in the paper preset)"}
 
 
+def epoch_shares(step: dict, ckpt: dict) -> dict:
+    """Where an epoch of the user's size (17,255 samples) goes, old and new: data, model and
+    checkpoint writes, from the measured step speed and checkpoint seconds."""
+    out = {}
+    for name in ("old", "new"):
+        steps_s = USER_FRAMES / step[f"{name}_samples_per_s"]
+        write_s = ckpt["old_write_s_per_epoch_at_most" if name == "old" else "new_write_s_per_epoch"]
+        data = steps_s * step[f"{name}_data_share"]
+        total = steps_s + write_s
+        out[name] = {"epoch_s": round(total, 1), "data_share": round(data / total, 4),
+                     "model_share": round((steps_s - data) / total, 4),
+                     "checkpoint_share": round(write_s / total, 4)}
+    out["note"] = "an epoch of 17,255 samples at the measured step speed (reduced resolution on a CPU)"
+    return out
+
+
 def _peak_rss_gb() -> float:
     """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited at exec)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -299,6 +314,7 @@ def main() -> None:
         cpu_data = ReplayData(full, "overlay_initial_current")
         out["flops"] = flops_per_sample(cpu_data)
         out["checkpoints"] = checkpoint_io(cpu_data, Path(tmp))
+        out["epoch_shares"] = epoch_shares(out["train_step"], out["checkpoints"])
         out["data"] = data_speed(ReplayData(full, "overlay_current"), ManiFlowPolicy(
             replace(PRESETS["paper"].policy, encoder="test_resnet", dim=32, depth=1, heads=2)), 64, 20)
         if not args.skip_memory:
