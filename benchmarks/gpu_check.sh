@@ -24,6 +24,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.t
 "$BIN/maniflow" render --work "$WORK" --label hamster --workers 4
 trap 'make down >/dev/null 2>&1 || true' EXIT
 make up
+eval "$(deployments/stack.sh env)"  # this shell talks to the stack's server
 "$BIN/python" deployments/run.py train-run/demo \
   --param "params={\"work\": \"$PWD/$WORK\", \"epochs\": 2}"
 "$BIN/python" - "$WORK" "$OUT/placement.json" <<'EOF'
