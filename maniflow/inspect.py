@@ -78,7 +78,8 @@ def describe_run(path: Path) -> str:
     config = json.loads((path / "config.json").read_text())
     t = config["train"]
     p = t["policy"]
-    lines = [f"training run {path}", f"  {config['condition']} on {config['store']}",
+    lines = [f"training run {path} (model version {config.get('model_version', 1)})",
+             f"  {config['condition']} on {config['store']}",
              f"  encoder {p['encoder']} at {p['image_size']} px, DiTX {p['depth']} x {p['heads']} x {p['dim']}, "
              f"batch {t['batch_size']}, {t['epochs']} epochs, lr {t['lr']}, seed {t['seed']}"]
     metrics = path / "metrics.jsonl"

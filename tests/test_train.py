@@ -233,6 +233,7 @@ def test_cli_train_runs_resumes_and_reports_progress_when_piped(stores, tmp_path
     assert again.returncode == 0 and "done: 1 epochs" in again.stdout
     text = subprocess.run([maniflow, "inspect", str(tmp_path / "run")], capture_output=True, text=True).stdout
     assert "original on" in text and "1/1 epochs" in text and "latest.ckpt" in text
+    assert f"(model version {MODEL_VERSION})" in text
 
 
 def test_encoder_weights_load_from_a_local_file_only(tmp_path, caplog):
