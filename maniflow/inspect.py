@@ -105,7 +105,7 @@ def describe_episode(path: Path) -> str:
         attrs = ep.attrs
         if attrs.get("synthetic"):
             lines.append(f"  SYNTHETIC ({attrs.get('generator')}, seed {attrs.get('seed')})")
-        prov = ep.provenance()
+        prov = ep.provenance(ep.cameras[0] if ep.cameras else "head")
         lines.append(f"  data format {prov['data_format_version'] or '-'}, {prov['fps']:.2f} frames/s "
                      f"({prov['fps_from']}), actions {prov['action_alignment']}")
         for camera in ep.cameras:

@@ -138,7 +138,7 @@ class ImageAugment:
         # Zeros outside, as torchvision's rotation fills its corners with black.
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if train:  # torchvision ColorJitter's operations, clamped after each (path channels untouched)
-            rgb = (x[:, :3] * (1 + rand(1, 1, 1) * cfg.brightness)).clamp(0, 1)
+            rgb = _blend(x[:, :3], 0.0, 1 + rand(1, 1, 1) * cfg.brightness)
             mean = _gray(rgb).mean(dim=(1, 2, 3), keepdim=True)
             rgb = _blend(rgb, mean, 1 + rand(1, 1, 1) * cfg.contrast)
             rgb = _blend(rgb, _gray(rgb), 1 + rand(1, 1, 1) * cfg.saturation)
@@ -153,7 +153,7 @@ def _gray(rgb: torch.Tensor) -> torch.Tensor:
     return 0.2989 * rgb[:, 0:1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:3]
 
 
-def _blend(image: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def _blend(image: torch.Tensor, other: torch.Tensor | float, factor: torch.Tensor) -> torch.Tensor:
     return (factor * image + (1 - factor) * other).clamp(0, 1)
 
 

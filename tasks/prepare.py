@@ -24,7 +24,7 @@ from maniflow.paths.client import ClientConfig, NoEndpointAvailable
 from maniflow.paths.label import ProviderConfig, label_paths
 from maniflow.paths.store import PathStore, path_store_dir
 from maniflow.previews import contact_sheet
-from maniflow.robotwin import SourceOptions, scene_info_arm, select_episodes
+from maniflow.robotwin import SourceOptions, select_episodes
 
 
 def cache_key(*parts) -> str:
@@ -54,7 +54,13 @@ def _extract_key(ctx, p) -> str:
     refs = select_episodes(p["root"], p["task_name"], p["config"], p["source"].embodiment, p["source"].layout)
     return cache_key("extract", str(p["root"]), str(p["work"]), p["env"], p["config"], p["task_name"],
                      p["camera"], asdict(p["source"]),
-                     [[r.index, r.fingerprint(), scene_info_arm(r)[0]] for r in refs])
+                     [[r.index, r.fingerprint()] for r in refs], _stats({r.scene_info_path for r in refs}))
+
+
+def _stats(paths) -> list:
+    """(path, size, mtime) of each file that exists: a change reruns the task, which reuses every
+    episode whose own inputs and working arm are unchanged."""
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(paths) if p.exists()]
 
 
 @task(name="extract", cache_key_fn=_extract_key, persist_result=True, result_serializer="json",

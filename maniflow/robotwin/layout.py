@@ -23,7 +23,7 @@ import h5py
 
 from maniflow.robotwin.episode import ARMS, EpisodeError, Instructions
 from maniflow.robotwin.stable import LAYOUT as ROBOTWIN2, RoboTwinEpisode
-from maniflow.robotwin.xpolicylab import LAYOUT as XPOLICYLAB, SOURCE_PATH, XPolicyLabEpisode
+from maniflow.robotwin.xpolicylab import LAYOUT as XPOLICYLAB, XPolicyLabEpisode
 
 
 @dataclass(frozen=True)
@@ -105,13 +105,14 @@ class EpisodeRef:
 def _converted_from(folder: Path) -> str | None:
     """The config a converted folder's first episode says it came from (attribute source_path)."""
     first = min(folder.glob("data/episode_*.hdf5"), default=None)
-    try:
-        with h5py.File(first, "r") as f:
-            source = f.attrs.get("source_path", "")
-    except (OSError, TypeError, ValueError):
+    if first is None:
         return None
-    m = SOURCE_PATH.search(source.decode() if isinstance(source, bytes) else str(source))
-    return m["config"] if m else None
+    try:
+        with XPolicyLabEpisode(first) as ep:
+            source = ep.source_episode()
+    except EpisodeError:
+        return None
+    return source[1] if source else None
 
 
 def _config_of(folder: Path, task: str, fallback: str) -> tuple[str, str]:
@@ -151,16 +152,17 @@ def _folder_refs(root: Path, folder: Path, names) -> list[EpisodeRef]:
     return refs
 
 
-def discover_episodes(root, tasks=None, configs=None, embodiments=None) -> list[EpisodeRef]:
+def discover_episodes(root, tasks=None, configs=None) -> list[EpisodeRef]:
     """All episodes under `root` in either layout, sorted by (task, config, embodiment,
     layout, episode number)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"RoboTwin data directory not found: {root}")
-    refs = [r for data_dir in [*root.glob("*/*/data"), *root.glob("*/*/*/data")]
-            for r in _folder_refs(root, data_dir.parent, [f.name for f in data_dir.iterdir()])]
-    refs = [r for r in refs if (not tasks or r.task in tasks) and (not configs or r.config in configs)
-            and (not embodiments or r.embodiment in embodiments)]
+    # Every layout's folder names its task second to last: other tasks' folders are never opened.
+    folders = [d.parent for d in [*root.glob("*/*/data"), *root.glob("*/*/*/data")]
+               if not tasks or d.parent.relative_to(root).parts[-2] in tasks]
+    refs = [r for folder in folders for r in _folder_refs(root, folder, [f.name for f in (folder / "data").iterdir()])]
+    refs = [r for r in refs if not configs or r.config in configs]
     return sorted(refs, key=lambda r: (r.task, r.config, r.embodiment, r.layout, r.index))
 
 

@@ -94,7 +94,9 @@ class RoboTwinEpisode(HDF5Episode):
         vector = self.joint_vector()
         return vector[:-1], vector[1:]
 
-    def provenance(self) -> dict:
+    def provenance(self, camera: str = "head") -> dict:
+        """Where the episode's conventions come from; `camera` (the one extracted) changes nothing
+        here: every stable 2.0 camera stores extrinsic_cv and cam2world_gl alike."""
         return {"layout": LAYOUT, "source_format": "RoboTwin 2.0", "data_format_version": None,
                 "frequency_field": None, "fps": round(frame_rate(DEFAULT_SAVE_FREQ), 4),
                 "fps_from": f"RoboTwin's save_freq default ({DEFAULT_SAVE_FREQ} physics steps of 1/250 s); "

@@ -192,6 +192,7 @@ class XPolicyLabEpisode(HDF5Episode):
         return _text(value.item() if isinstance(value, np.ndarray) else value)
 
     def provenance(self, camera: str = "head") -> dict:
+        """Where the episode's conventions come from, the extrinsics those of `camera`."""
         source_format = self._file.attrs.get("source_format")
         source_format = None if source_format is None else _text(source_format)
         frequency = int(np.asarray(self._read(XKEYS.frequency, ()))) if XKEYS.frequency in self._file else None

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from maniflow.geometry import euler_to_matrix, matrix_to_euler, matrix_to_quat_wxyz, quat_wxyz_to_matrix
+from maniflow.geometry import euler_to_matrix, matrix_to_euler, matrix_to_quat_wxyz, quat_wxyz_to_matrix, tcp_positions
 from maniflow.robotwin import ROBOTWIN_TCP_OFFSET
 from maniflow.synthetic.render import box_mesh
 
@@ -78,9 +78,8 @@ def robotwin_endpose(position: np.ndarray, rotation: np.ndarray) -> np.ndarray:
 
 def pose_from_robotwin_endpose(endpose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inverse of `robotwin_endpose`: palm positions (..., 3) and rotations (..., 3, 3)."""
-    r = quat_wxyz_to_matrix(endpose[..., 3:7])
-    rotation = r @ TO_ROBOTWIN_AXES.T
-    tips = endpose[..., :3] + ROBOTWIN_TCP_OFFSET * r[..., :, 0]
+    rotation = quat_wxyz_to_matrix(endpose[..., 3:7]) @ TO_ROBOTWIN_AXES.T
+    tips = tcp_positions(endpose, ROBOTWIN_TCP_OFFSET)
     return tips - rotation[..., :, 2] * fingertip_offset(), rotation
 
 
