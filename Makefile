@@ -27,7 +27,7 @@ MS_STAMP := $(VENV)/.maniskill
 PLANNER_STAMP := $(PLANNER)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup up down demo demo-cli demo-vlm-paths maniskill mesa maniskill-demo test bench clean
+.PHONY: setup up down demo demo-cli demo-vlm-paths maniskill mesa maniskill-demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -117,10 +117,17 @@ maniskill-demo: maniskill up
 	  --param 'params={"work": "$(CURDIR)/$(MS_WORK)", "root": "$(CURDIR)/$(MS_DATA)", "tasks": ["$(MS_TASK)"]}'
 	@echo "report: $(MS_WORK)/reports/maniskill/report.md"
 
-# Test files run on TEST_WORKERS processes (pytest-xdist), a file's tests together on one.
+# Lint first (ruff, configured in pyproject.toml), then every test; test files run on
+# TEST_WORKERS processes (pytest-xdist), a file's tests together on one. `make test-fast` runs
+# the unit tests alone (no servers, no training runs, no ManiSkill).
 TEST_WORKERS ?= 2
 test: $(STAMP) maniskill
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP) maniskill
 	$(BIN)/python benchmarks/bench_extract.py

@@ -25,12 +25,14 @@ import numpy as np
 import torch
 import zarr
 
-from maniflow.datasets import DatasetConfig, render_task, resize_frames
-from maniflow.frames import FramesStore, extract_task, frames_store_path, worker_pool
+from maniflow.datasets import render_task, resize_frames
+from maniflow.frames import FramesStore, extract_task, worker_pool
 from maniflow.overlay import render_views
 from maniflow.paths.label import ProviderConfig, label_paths
-from maniflow.paths.store import PathStore, path_store_dir
+from maniflow.paths.store import PathStore
+from maniflow.settings import DatasetConfig
 from maniflow.synthetic import GeneratorConfig, generate_dataset
+from maniflow.workspace import Workspace
 
 TASK, ENV = "open_microwave", "cluttered"
 USER_FLOAT32_BYTES = 3 * 224 * 224 * 4  # 602,112
@@ -106,8 +108,8 @@ def main() -> None:
         work = tmp / "work"
         extract_task(tmp / "data", work, ENV, cfg.config_names[ENV], TASK, "head")
         label_paths(work, ENV, TASK, ProviderConfig(kind="oracle", label="hamster"))
-        frames = FramesStore(frames_store_path(work, ENV, TASK))
-        paths = PathStore(path_store_dir(work, "hamster", ENV, TASK))
+        frames = FramesStore(Workspace.of(work).frames(ENV, TASK))
+        paths = PathStore(Workspace.of(work).paths("hamster", ENV, TASK))
         rgb = np.concatenate([frames.rgb(i) for i in range(len(frames.episode_ends))])
         all_paths = [p for n in frames.episode_index for p in paths.read(int(n)).paths]
         out = {"task": TASK, "env": ENV, "episodes": args.episodes, "frames": len(rgb),
@@ -139,7 +141,8 @@ def main() -> None:
         out["size"] = {"user_float32_kb_per_frame": round(USER_FLOAT32_BYTES / 1024, 1),
                        **{f"{k}_kb_per_frame": round(v / 1024, 1) for k, v in sizes.items()},
                        "overlay_times_smaller": round(USER_FLOAT32_BYTES / sizes["overlay"], 1),
-                       "concat_times_smaller_than_two_float32_images": round(2 * USER_FLOAT32_BYTES / sizes["concat"], 1)}
+                       "concat_times_smaller_than_two_float32_images":
+                           round(2 * USER_FLOAT32_BYTES / sizes["concat"], 1)}
         out["codecs"] = codecs(images, tmp)
     print(json.dumps(out, indent=1))
 

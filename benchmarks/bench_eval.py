@@ -25,8 +25,10 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from maniflow.evaluate import EvalConfig, closed_loop, evaluation_envs, policy_images
+from maniflow.evaluate import closed_loop, policy_images
 from maniflow.policy import ManiFlowPolicy
+from maniflow.settings import EvalConfig
+from maniflow.simulators import simulator_for
 from maniflow.synthetic.env import TabletopEnv
 from maniflow.train import PRESETS
 
@@ -41,7 +43,7 @@ def per_episode(policy: ManiFlowPolicy, condition: str, task: str, cfg: EvalConf
         env = TabletopEnv(task, cfg.env, i, cfg.env_config())
         frames, states = [], []
 
-        def observe():
+        def observe(env=env, frames=frames, states=states):
             obs = env.observe()
             frames.append(policy_images(obs.rgb[None], [env.oracle_path()], condition, RESOLUTION)[0])
             states.append(obs.state)
@@ -73,7 +75,8 @@ def main() -> None:
     condition = "overlay_current"
 
     start = time.perf_counter()
-    result = closed_loop(policy, condition, evaluation_envs(args.task, cfg), RESOLUTION, cfg)
+    result = closed_loop(policy, condition, simulator_for(args.task).make_envs(args.task, cfg, None), RESOLUTION,
+                         cfg)
     ours_s = time.perf_counter() - start
     ours_steps = sum(result["steps"])
 

@@ -27,11 +27,12 @@ from pathlib import Path
 
 import httpx
 
-from maniflow.frames import FramesStore, extract_task, frames_store_path
+from maniflow.frames import FramesStore, extract_task
 from maniflow.paths.client import ClientConfig, completions_url
 from maniflow.paths.label import ProviderConfig, label_paths
 from maniflow.paths.protocol import WIRES, jpeg_data_url, reply_text, request_body
 from maniflow.synthetic import GeneratorConfig, generate_dataset
+from maniflow.workspace import Workspace
 
 MANIFLOW = str(Path(sys.executable).with_name("maniflow"))
 TASK, ENV = "open_microwave", "clean"
@@ -59,7 +60,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def request_bodies(work: Path, limit: int) -> list[bytes]:
-    frames = FramesStore(frames_store_path(work, ENV, TASK))
+    frames = FramesStore(Workspace.of(work).frames(ENV, TASK))
     instruction = frames.episodes[0]["instructions"]["seen"][0]
     rgb = frames.rgb(0)
     return [json.dumps(request_body(jpeg_data_url(rgb[t % len(rgb)]), instruction, WIRES["hamster"],
@@ -106,7 +107,7 @@ def main() -> None:
         generate_dataset(tmp / "data", cfg, progress=lambda _: None)
         work = tmp / "work"
         extract_task(tmp / "data", work, ENV, cfg.config_names[ENV], TASK, "head")
-        num_frames = FramesStore(frames_store_path(work, ENV, TASK)).num_frames
+        num_frames = FramesStore(Workspace.of(work).frames(ENV, TASK)).num_frames
         out = {"task": TASK, "frames": num_frames, "endpoints": args.endpoints, "latency_s": args.latency,
                "cpus": os.cpu_count()}
 

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from maniflow.datasets import dataset_path
-from maniflow.evaluate import EvalConfig, evaluate_run
+from maniflow.evaluate import evaluate_cell
+from maniflow.settings import EvalConfig
 from maniflow.train import PRESETS, train
+from maniflow.workspace import Cell, Workspace
 
 
 def main() -> None:
@@ -30,15 +31,20 @@ def main() -> None:
     ap.add_argument("--task", default="click_bell")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    store = dataset_path(args.work, args.env, "overlay", args.task, "hamster")
+    cell = Cell(env=args.env, condition="overlay_current", task=args.task, preset="demo")
+    store = Workspace(args.work).cell_dataset(cell)
     out = {"store": str(store), "condition": "overlay_current", "preset": "demo", "seed": 0}
     with tempfile.TemporaryDirectory() as tmp:
         for way in ("identity", "limits"):
+            # A scratch workspace per way, reading the real datasets.
+            scratch = Workspace(Path(tmp) / way)
+            scratch.root.mkdir()
+            (scratch.root / "datasets").symlink_to(Path(args.work).resolve() / "datasets")
             demo = PRESETS["demo"]
             cfg = replace(demo, policy=replace(demo.policy, state_norm=way))
             start = time.perf_counter()
-            result = train(store, "overlay_current", Path(tmp) / way, cfg)
-            record = evaluate_run(Path(tmp) / way, args.work, EvalConfig(env="cluttered", episodes=20))
+            result = train(store, cell.condition, scratch.run(cell), cfg, cell=cell)
+            record = evaluate_cell(scratch, cell, EvalConfig(env="cluttered", episodes=20))
             out[way] = {"best_val_loss": round(min(h["val_loss"] for h in result.history), 4),
                         "offline_action_mae": round(record["offline"]["action_mae"], 4),
                         "closed_loop_successes": int(sum(record["closed_loop"]["success"])),

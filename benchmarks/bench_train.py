@@ -42,8 +42,16 @@ import zarr
 
 from maniflow.policy import ManiFlowPolicy
 from maniflow.replay import ReplayData
-from maniflow.train import (EMA, PRESETS, _checkpoint, _weights, make_optimizer, pick_device,
-                            prepare_for_device, train_step)
+from maniflow.train import (
+    EMA,
+    PRESETS,
+    _checkpoint,
+    _weights,
+    make_optimizer,
+    pick_device,
+    prepare_for_device,
+    train_step,
+)
 
 USER_FRAMES, USER_GB = 17_255, 13.5
 
@@ -89,11 +97,11 @@ def data_speed(data: ReplayData, policy: ManiFlowPolicy, batch: int, n: int) -> 
     windows = data.windows(list(range(data.num_episodes)), cfg.model_horizon, cfg.n_obs_steps, cfg.n_action_steps)
     gen = torch.Generator().manual_seed(0)
     start = time.perf_counter()
-    for i in range(n):
+    for _ in range(n):
         windows.batch(torch.randint(0, len(windows), (batch,), generator=gen))
     gather = n * batch / (time.perf_counter() - start)
     start = time.perf_counter()
-    for i in range(n):
+    for _ in range(n):
         b = windows.batch(torch.randint(0, len(windows), (batch,), generator=gen))
         policy.augment(b["obs"]["current"], True, gen)
     ours = n * batch / (time.perf_counter() - start)

@@ -13,9 +13,13 @@ import json
 import sys
 import time
 
+import httpx
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
-from prefect.settings import PREFECT_UI_URL
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+POINT_AT_STACK = "start the project's stack with `make up`, then `eval \"$(deployments/stack.sh env)\"` in this shell"
 
 
 def merge(base: dict, extra: dict) -> dict:
@@ -25,6 +29,17 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def server_problem(api: str | None) -> str | None:
+    """Why no deployment can run here, in one line (None: a server answers at `api`)."""
+    if not api:
+        return f"no Prefect server is configured (PREFECT_API_URL is unset): {POINT_AT_STACK}"
+    try:
+        httpx.get(f"{api.rstrip('/')}/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as e:
+        return f"the Prefect server at {api} does not answer ({type(e).__name__}): {POINT_AT_STACK}"
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("deployment", help="flow-name/deployment-name")
@@ -32,8 +47,17 @@ def main() -> int:
     parser.add_argument("--poll", type=float, default=5.0)
     args = parser.parse_args()
     given = {k: json.loads(v) for k, v in (p.split("=", 1) for p in args.param)}
-    with get_client(sync_client=True) as client:
-        defaults = client.read_deployment_by_name(args.deployment).parameters
+    problem = server_problem(PREFECT_API_URL.value())
+    if problem:
+        print(f"run.py: {problem}", file=sys.stderr)
+        return 2
+    try:
+        with get_client(sync_client=True) as client:
+            defaults = client.read_deployment_by_name(args.deployment).parameters
+    except ObjectNotFound:
+        print(f"run.py: no deployment {args.deployment!r} on {PREFECT_API_URL.value()}: `make up` deploys "
+              "prefect.yaml's (`prefect deploy --all`); `prefect deployment ls` lists what is there", file=sys.stderr)
+        return 2
     run = run_deployment(args.deployment, parameters=merge(defaults, given), timeout=0, as_subflow=False)
     print(f"{args.deployment}: flow run {run.name} ({run.id})\n  {PREFECT_UI_URL.value()}/runs/flow-run/{run.id}",
           flush=True)

@@ -1,9 +1,9 @@
-"""`evaluate`: offline + closed-loop evaluation of finished training runs, and the report.
+"""`evaluate`: offline + closed-loop evaluation of trained cells, and the report.
 
-Each cell is one cached task (a finished cell is evaluated once per checkpoint and settings);
-the baselines are one task per task name; the report is written under
-`{work}/reports/{name}/` and published as a markdown artifact with its figures, plus a table
-artifact of every cell's result.
+Each cell is one task (its record is stored once per checkpoint and settings, so evaluating a
+finished cell again is free); the baselines are one task per task name; the report is written
+under `{work}/reports/{name}/` and published as a markdown artifact with its figures, plus a
+table artifact of every cell's result.
 """
 
 from __future__ import annotations
@@ -17,69 +17,55 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from maniflow.evaluate import CellRun, EvalConfig
-from maniflow.synthetic.env import EVAL_SEED
-from maniflow.train import finished_runs
-from tasks.evaluate import baselines, evaluate_cell, report
-
-
-class EvalParams(BaseModel):
-    """How cells are evaluated (the same for every cell of a report)."""
-
-    env: str = Field("cluttered", description="evaluation scenes")
-    episodes: int = Field(20, description="closed-loop episodes per cell")
-    seed: int = Field(EVAL_SEED, description="seed of the evaluation layouts")
-    execute_steps: int = Field(8, description="actions executed per predicted chunk")
-    provider: str = Field("oracle", description="path source in closed loop: oracle, hamster, peek or openai")
-    model: str = "HAMSTER_dev"
-    endpoints: list[str] = Field([], description="VLM endpoints when the provider is not the oracle")
-    offline: bool = Field(True, description="also the offline action error on held-out episodes")
-    device: str = "auto"
-
-    def config(self) -> EvalConfig:
-        return EvalConfig(env=self.env, episodes=self.episodes, seed=self.seed, execute_steps=self.execute_steps,
-                          provider=self.provider, model=self.model, endpoints=tuple(self.endpoints),
-                          offline=self.offline, device=self.device)
+from maniflow.settings import EvalConfig
+from maniflow.workspace import Cell, Workspace
+from tasks.evaluate import baselines, report
+from tasks.evaluate import evaluate as evaluate_task
+from tasks.train import finished_cells
 
 
 class EvaluateParams(BaseModel):
     work: str = Field(os.environ.get("MANIFLOW_WORK", "work"))
-    runs: list[str] = Field([], description="run directories; empty: every finished run of the preset")
+    cells: list[Cell] = Field([], description="cells to evaluate; empty: every finished cell of the preset")
     preset: str = "paper"
-    evaluation: EvalParams = EvalParams()
+    evaluation: EvalConfig = Field(default_factory=EvalConfig, description="the same for every cell")
     report: str = Field("", description="report name under {work}/reports (default: the preset)")
     title: str = "ManiFlow path-guidance matrix"
+
+
+def result_row(record: dict) -> dict:
+    """One cell's line of the result tables."""
+    return {"cell": str(Cell(**record["cell"])), "best val loss": (record.get("train") or {}).get("best_val_loss"),
+            "success %": round(100 * record["closed_loop"]["success_rate"], 1),
+            "action MAE": round(record["offline"]["action_mae"], 5) if record["offline"] else None}
 
 
 @flow(name="evaluate", flow_run_name="evaluate {params.preset}", task_runner=ThreadPoolTaskRunner(max_workers=2),
       log_prints=True)
 def evaluate(params: EvaluateParams = EvaluateParams()) -> dict:
     logger = get_run_logger()
-    work = str(Path(params.work).resolve())
-    runs = [str(Path(r).resolve()) for r in params.runs] or [str(r) for r in finished_runs(work, params.preset)]
-    if not runs:
+    workspace = Workspace(Path(params.work).resolve())
+    work = str(workspace.root)
+    cells = params.cells or finished_cells(work, params.preset)
+    if not cells:
         raise FileNotFoundError(f"no finished runs of preset {params.preset!r} under {work}/runs")
-    cfg = params.evaluation.config()
-    cells = evaluate_cell.map(runs, unmapped(work), unmapped(cfg))
-    task_names = sorted({CellRun.read(r).task for r in runs})
-    base = baselines.map(unmapped(work), task_names, unmapped(cfg))
-    wait(list(cells) + list(base))
-    done = [run for run, f in zip(runs, cells) if f.state.is_completed()]
-    failed = [run for run, f in zip(runs, cells) if not f.state.is_completed()]
+    cfg = params.evaluation
+    futures = evaluate_task.map(unmapped(work), cells, unmapped(cfg))
+    base = baselines.map(unmapped(work), sorted({c.task for c in cells}), unmapped(cfg))
+    wait(list(futures) + list(base))
+    done = [c for c, f in zip(cells, futures) if f.state.is_completed()]
+    failed = [str(c) for c, f in zip(cells, futures) if not f.state.is_completed()]
     if not done:
         raise RuntimeError(f"every evaluation failed: {failed}")
-    out = Path(work) / "reports" / (params.report or params.preset)
-    md = report.submit(done, work, cfg, str(out), params.title).result()
-    rows = [f.result() for f in cells if f.state.is_completed()]
-    create_table_artifact(
-        [{"train env": r["train_env"], "condition": r["condition"], "task": r["task"], "seed": r["seed"],
-          "success %": round(100 * r["closed_loop"]["success_rate"], 1),
-          "action MAE": round(r["offline"]["action_mae"], 5) if r["offline"] else None} for r in rows],
-        key="evaluation", description=f"closed-loop success on {cfg.episodes} {cfg.env} layouts per cell")
+    out = workspace.report(params.report or params.preset)
+    md = report.submit(work, done, cfg, str(out), params.title).result()
+    records = [f.result() for f in futures if f.state.is_completed()]
+    create_table_artifact([result_row(r) for r in records], key="evaluation",
+                          description=f"closed-loop success on {cfg.episodes} {cfg.env} layouts per cell")
     logger.info("report: %s", md)
     if failed:
         raise RuntimeError(f"evaluation failed for {failed}; the report covers the other {len(done)} cells")
-    return {"report": md, "cells": len(done)}
+    return {"report": md, "cells": [result_row(r) for r in records]}
 
 
 if __name__ == "__main__":  # python -m flows.evaluate

@@ -1,8 +1,8 @@
 """`train-matrix`: datasets -> one `train-run` flow run per cell -> evaluation and report.
 
     1. `prepare-data` as a subflow (every stage cached: unchanged data costs nothing);
-    2. one `train-run` deployment run per (env, condition, task, seed) not finished yet, started
-       with `run_deployment(timeout=0)` so each cell lands on a worker of the pool (one per GPU),
+    2. one `train-run` deployment run per cell not finished yet, started with
+       `run_deployment(timeout=0)` so each cell lands on a worker of the pool (one per GPU),
        and is visible, cancellable and retryable on its own;
     3. waits, keeping a matrix table artifact up to date (state, best validation loss);
     4. `evaluate` as a subflow on every finished cell, then the final table with success rates.
@@ -23,17 +23,14 @@ from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from pydantic import BaseModel, Field
 
-from flows.evaluate import EvalParams, EvaluateParams, evaluate
+from flows.evaluate import EvaluateParams, evaluate
 from flows.prepare_data import PrepareParams, dask_runner, prepare_data
-from flows.train_run import CellParams, run_dir
-from maniflow.datasets import dataset_complete, dataset_path
-from maniflow.evaluate import evaluate_run
-from maniflow.paths.label import ProviderConfig
-from maniflow.replay import CONDITIONS
+from flows.train_run import CellParams
+from maniflow.conditions import matrix_conditions
 from maniflow.robotwin import ENVS, SINGLE_ARM_TASKS
-from maniflow.train import run_finished
-
-MODEL_CONDITIONS = ["original", "overlay_current", "overlay_initial_current"]
+from maniflow.settings import EvalConfig, PrepareConfig, TrainOptions
+from maniflow.workspace import Cell
+from tasks.train import cell_state
 
 
 class MatrixParams(BaseModel):
@@ -44,62 +41,55 @@ class MatrixParams(BaseModel):
     root: str = Field(os.environ.get("MANIFLOW_DATA", "data/robotwin"), description="RoboTwin data root")
     envs: list[str] = Field(list(ENVS), description="training data: clean and/or cluttered")
     tasks: list[str] = Field(list(SINGLE_ARM_TASKS))
-    conditions: list[str] = Field(MODEL_CONDITIONS, description=" | ".join(CONDITIONS))
+    conditions: list[str] = Field(default_factory=matrix_conditions, description="model conditions "
+                                  "(maniflow.conditions)")
     seeds: list[int] = Field([0], description="training seeds (statistics are over seeds and episodes)")
     preset: str = Field("paper", description="paper or demo")
-    epochs: int | None = Field(None, description="override the preset's epochs")
-    device: str = "auto"
+    train: TrainOptions = Field(default_factory=TrainOptions, description="overrides of the preset")
     prepare: bool = Field(True, description="run prepare-data first (cached)")
     dask_address: str = Field(os.environ.get("MANIFLOW_DASK_ADDRESS", ""),
                               description="Dask scheduler for prepare-data (empty: a local cluster)")
-    data: PrepareParams = Field(PrepareParams(), description="path labelling and rendering (envs, tasks, root and "
-                                "work come from the matrix)")
-    evaluation: EvalParams = EvalParams()
+    data: PrepareConfig = Field(default_factory=PrepareConfig, description="path labelling and rendering")
+    label_retries: int = Field(2, description="retries of an episode whose endpoints failed")
+    label_retry_delay_s: float = Field(60.0, description="seconds before such a retry")
+    evaluation: EvalConfig = Field(default_factory=EvalConfig, description="the same for every cell")
     train_deployment: str = Field("train-run/cell", description="deployment that trains one cell")
     poll_s: float = 10.0
     report: str = Field("", description="report name under {work}/reports (default: the preset)")
 
-
-def cells(p: MatrixParams, work: str, label: str) -> list[CellParams]:
-    return [CellParams(work=work, env=env, condition=condition, task=task, seed=seed, preset=p.preset, label=label,
-                       epochs=p.epochs, device=p.device)
-            for task in p.tasks for env in p.envs for condition in p.conditions for seed in p.seeds]
-
-
-def cell_name(c: CellParams) -> str:
-    return f"{c.env}/{c.condition}/{c.task} seed {c.seed}"
+    def cells(self) -> list[Cell]:
+        label = self.data.provider.name
+        return [Cell(env=env, condition=condition, task=task, seed=seed, preset=self.preset, label=label)
+                for task in self.tasks for env in self.envs for condition in self.conditions for seed in self.seeds]
 
 
 @flow(name="train-matrix", flow_run_name="matrix {params.preset}: {params.tasks}", log_prints=True)
 def train_matrix(params: MatrixParams = MatrixParams()) -> dict:
     logger = get_run_logger()
     work = str(Path(params.work).resolve())
-    data = params.data.model_copy(update={"root": str(Path(params.root).resolve()), "work": work,
-                                          "envs": sorted(set(params.envs) | {params.evaluation.env}),
-                                          "tasks": params.tasks})
     if params.prepare:
+        data = PrepareParams(root=str(Path(params.root).resolve()), work=work, tasks=params.tasks,
+                             envs=sorted(set(params.envs) | {params.evaluation.env}), config=params.data,
+                             label_retries=params.label_retries, label_retry_delay_s=params.label_retry_delay_s)
         prepare = prepare_data.with_options(task_runner=dask_runner(params.dask_address or None))
         state = prepare(data, return_state=True)
         if not state.is_completed():  # cells whose datasets exist still run
             logger.warning("prepare-data did not finish everything: %s", state.message)
-    label = ProviderConfig(kind=data.provider, label=data.label).name
 
-    rows: dict[str, dict] = {}
+    todo = params.cells()
+    rows = {str(c): {"cell": str(c), "state": "", "best val loss": None, "success %": None, "flow run": ""}
+            for c in todo}
     launched: dict[str, str] = {}
-    todo = cells(params, work, label)
     for cell in todo:
-        name = cell_name(cell)
-        rows[name] = {"cell": name, "state": "", "best val loss": None, "success %": None, "flow run": ""}
-        store = dataset_path(work, cell.env, CONDITIONS[cell.condition].dataset, cell.task, label)
-        if run_finished(run_dir(cell)):
-            rows[name]["state"] = "finished earlier"
-        elif not dataset_complete(store):
-            rows[name]["state"] = "no dataset"
+        state = cell_state(work, cell)
+        if state == "todo":
+            run = run_deployment(params.train_deployment, timeout=0, tags=["maniflow", "matrix", params.preset],
+                                 parameters={"params": CellParams(work=work, cell=cell, train=params.train)
+                                             .model_dump(mode="json")})
+            launched[str(cell)] = str(run.id)
+            rows[str(cell)].update(state="Scheduled", **{"flow run": str(run.id)})
         else:
-            run = run_deployment(params.train_deployment, parameters={"params": cell.model_dump()}, timeout=0,
-                                 tags=["maniflow", "matrix", params.preset])
-            launched[name] = str(run.id)
-            rows[name].update(state="Scheduled", **{"flow run": str(run.id)})
+            rows[str(cell)]["state"] = "finished earlier" if state == "finished" else state
     logger.info("%d cells: %d launched, %d finished earlier", len(todo), len(launched),
                 sum(r["state"] == "finished earlier" for r in rows.values()))
     _publish(rows, params)
@@ -119,17 +109,15 @@ def train_matrix(params: MatrixParams = MatrixParams()) -> dict:
             if pending:
                 time.sleep(params.poll_s)
 
-    finished = [c for c in todo if run_finished(run_dir(c))]
-    unfinished = [cell_name(c) for c in todo if c not in finished]
+    finished = [c for c in todo if cell_state(work, c) == "finished"]
+    unfinished = [str(c) for c in todo if c not in finished]
     result = {"cells": len(todo), "finished": len(finished), "unfinished": unfinished, "report": None}
     if finished:
-        result["report"] = evaluate(EvaluateParams(
-            work=work, runs=[str(run_dir(c)) for c in finished], preset=params.preset,
-            evaluation=params.evaluation, report=params.report))["report"]
-        for c in finished:  # cached: reads the records the evaluation just wrote
-            record = evaluate_run(run_dir(c), work, params.evaluation.config())
-            rows[cell_name(c)].update({"best val loss": record["train"]["best_val_loss"],
-                                       "success %": round(100 * record["closed_loop"]["success_rate"], 1)})
+        evaluated = evaluate(EvaluateParams(work=work, cells=finished, preset=params.preset,
+                                            evaluation=params.evaluation, report=params.report))
+        result["report"] = evaluated["report"]
+        for row in evaluated["cells"]:
+            rows[row["cell"]].update({k: row[k] for k in ("best val loss", "success %")})
         _publish(rows, params)
     if unfinished:
         raise RuntimeError(f"{len(unfinished)} cell(s) did not finish: {unfinished}. Fix the cause, then "

@@ -18,31 +18,24 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
-from maniflow.robotwin import CAMERAS, DEFAULT_CONFIG_NAMES, ENVS, LAYOUTS, ROBOTWIN_TCP_OFFSET, SINGLE_ARM_TASKS, \
-    discover_episodes
+from maniflow.config import add_options, csv, from_args
+from maniflow.robotwin import CAMERAS, ENVS, LAYOUTS, SINGLE_ARM_TASKS, SourceOptions, discover_episodes
+from maniflow.workspace import Cell, Workspace
 
 DEFAULT_DATA = os.environ.get("MANIFLOW_DATA", "data/robotwin")
 DEFAULT_WORK = os.environ.get("MANIFLOW_WORK", "work")
 
 
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
-
-
 def _config_names(args) -> dict[str, str]:
-    return {"clean": args.clean_config, "cluttered": args.cluttered_config}
+    return from_args(SourceOptions, args).config_names
 
 
 def _add_config_names(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--clean-config", default=DEFAULT_CONFIG_NAMES["clean"],
-                   help="RoboTwin config directory of the clean environment (default %(default)s)")
-    p.add_argument("--cluttered-config", default=DEFAULT_CONFIG_NAMES["cluttered"],
-                   help="RoboTwin config directory of the cluttered environment (default %(default)s)")
+    add_options(p, SourceOptions, skip=("embodiment", "layout", "tcp_offset"))
 
 
 def cmd_generate(args) -> int:
@@ -58,6 +51,37 @@ def cmd_generate(args) -> int:
     generate_dataset(args.out, cfg, workers=args.workers)
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _generate_options(p: argparse.ArgumentParser) -> None:
+    p.description = ("Render scripted tabletop episodes for the six single-arm tasks "
+                     "and write them as RoboTwin's collector does: stable 2.0's layout "
+                     "{out}/{task}/{config}/data/episode{N}.hdf5 with instructions/, or the current one "
+                     "{out}/{config}/{task}/maniflow_synthetic/data/episode_{N:07d}.hdf5 with instruction/; "
+                     "scene_info.json in both. Deterministic per seed; an existing identical set is left "
+                     "alone. The files say they are synthetic.")
+    p.add_argument("--out", default=DEFAULT_DATA, help="data root to write (default %(default)s)")
+    p.add_argument("--tasks", type=csv, default=SINGLE_ARM_TASKS, help="comma-separated task names "
+                   "(default: the six single-arm tasks)")
+    p.add_argument("--envs", type=csv, default=ENVS, help="comma-separated: clean,cluttered (default both)")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per task and env (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed (default %(default)s)")
+    p.add_argument("--cameras", type=csv, default=("head",),
+                   help="cameras to record: head, front (default head)")
+    p.add_argument("--step", type=float, default=0.015,
+                   help="mean end-effector travel per frame in metres; smaller = longer episodes "
+                   "(default %(default)s, about 40-90 frames per episode)")
+    p.add_argument("--occlusion", type=float, default=0.5,
+                   help="share of episodes in which the idle arm hides the task object for a while "
+                   "(default %(default)s)")
+    p.add_argument("--frame-storage", choices=("fixed", "vlen"), default="fixed",
+                   help="JPEG bytes as fixed-length strings (RoboTwin) or variable-length uint8 (stable 2.0 only)")
+    p.add_argument("--layout", choices=tuple(LAYOUTS), default="robotwin2",
+                   help="robotwin2: RoboTwin 2.0's stable layout; xpolicylab: RoboTwin's current one "
+                   "(default %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="processes (default %(default)s)")
+    _add_config_names(p)
+    p.set_defaults(func=cmd_generate)
 
 
 def cmd_maniskill_generate(args) -> int:
@@ -80,6 +104,24 @@ def cmd_maniskill_generate(args) -> int:
     return 0
 
 
+def _maniskill_generate_options(p: argparse.ArgumentParser) -> None:
+    p.description = ("Plan demonstrations with ManiSkill's motion-planning experts (in the "
+                     "planner environment, `make maniskill`) in the clean scene and the cluttered scene "
+                     "(distractor primitives on the table), replay them on the CPU renderer and write "
+                     "{out}/{task}/{config}/data/episode{N}.hdf5 in RoboTwin 2.0's layout. Seeds the expert "
+                     "fails are skipped; an identical existing set is left alone.")
+    p.add_argument("--out", default="data/maniskill", help="data root to write (default %(default)s)")
+    p.add_argument("--tasks", type=csv, default=("pick_cube",),
+                   help="comma-separated: pick_cube, push_cube, pull_cube, stack_cube (default pick_cube)")
+    p.add_argument("--envs", type=csv, default=ENVS, help="comma-separated: clean,cluttered (default both)")
+    p.add_argument("--episodes", type=int, default=20, help="episodes per task and env (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="first seed tried (default %(default)s)")
+    p.add_argument("--camera-size", type=int, default=128, help="camera width and height (default %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="rendering processes (default %(default)s)")
+    _add_config_names(p)
+    p.set_defaults(func=cmd_maniskill_generate)
+
+
 def cmd_maniskill_import(args) -> int:
     from maniflow.maniskill.importer import import_trajectory
 
@@ -91,12 +133,25 @@ def cmd_maniskill_import(args) -> int:
     return 0
 
 
+def _maniskill_import_options(p: argparse.ArgumentParser) -> None:
+    p.description = ("Replay every episode of a ManiSkill trajectory file (RecordEpisode or "
+                     "replay_trajectory output: needs env_states) and write it as RoboTwin 2.0 episodes.")
+    p.add_argument("--trajectory", type=Path, required=True, help="the .h5 (its .json next to it)")
+    p.add_argument("--out", default="data/maniskill", help="data root (default %(default)s)")
+    p.add_argument("--task", required=True, help="task name to file the episodes under")
+    p.add_argument("--env", choices=ENVS, required=True, help="which environment the episodes belong to")
+    p.add_argument("--first-index", type=int, default=0, help="number of the first episode written")
+    p.add_argument("--camera-size", type=int, default=None, help="re-render at this size (default: as recorded)")
+    p.add_argument("--instruction", default=None, help="instruction (needed for tasks maniflow does not know)")
+    _add_config_names(p)
+    p.set_defaults(func=cmd_maniskill_import)
+
+
 def cmd_extract(args) -> int:
     from maniflow.frames import extract_task, worker_pool
-    from maniflow.robotwin import SourceOptions
 
-    source = SourceOptions(args.embodiment, args.layout, args.tcp_offset)
-    names = _config_names(args)
+    source = from_args(SourceOptions, args)
+    names = source.config_names
     found = {env: sorted({r.task for r in discover_episodes(args.root, configs=[names[env]])}) for env in ENVS}
     envs = args.envs or tuple(env for env in ENVS if found[env])
     if not envs:
@@ -126,21 +181,30 @@ def cmd_extract(args) -> int:
     return status
 
 
-def parse_endpoints(text: str) -> tuple[str, ...]:
-    """Comma-separated base URLs; a port range expands: http://host:8000-8003 -> four URLs."""
-    urls = []
-    for item in _csv(text):
-        m = re.fullmatch(r"(.*:)(\d+)-(\d+)(/.*)?", item)
-        if m:
-            urls += [f"{m[1]}{port}{m[4] or ''}" for port in range(int(m[2]), int(m[3]) + 1)]
-        else:
-            urls.append(item)
-    return tuple(urls)
+def _extract_options(p: argparse.ArgumentParser) -> None:
+    p.description = ("For each (env, task): decode every episode once into "
+                     "{work}/frames/{env}/{task}.zarr, from either RoboTwin layout under --root, found "
+                     "without flags: {task}/{config}/data/episode{N}.hdf5 (stable 2.0) or "
+                     "{config}/{task}/{embodiment}/data/episode_{N:07d}.hdf5 (current). A rerun skips "
+                     "unchanged episodes; bad episodes (including cameras that cannot be right) are "
+                     "quarantined with the reason (file, key, frame) and the rest complete. Exit status 3 "
+                     "if any episode was quarantined.")
+    p.add_argument("--root", default=DEFAULT_DATA, help="RoboTwin data root (default %(default)s)")
+    p.add_argument("--work", default=DEFAULT_WORK, help="output root (default %(default)s)")
+    p.add_argument("--envs", type=csv, default=None,
+                   help="comma-separated: clean,cluttered (default: those found under --root)")
+    p.add_argument("--tasks", type=csv, default=None, help="comma-separated task names (default: all found)")
+    p.add_argument("--camera", default="head", choices=CAMERAS, help="camera to extract (default head)")
+    p.add_argument("--workers", type=int, default=1, help="processes (default %(default)s)")
+    p.add_argument("--retry-quarantined", action="store_true",
+                   help="try quarantined episodes again even if their files did not change")
+    add_options(p, SourceOptions)
+    p.set_defaults(func=cmd_extract)
 
 
 def _parse_ports(text: str) -> list[int]:
     ports = []
-    for item in _csv(text):
+    for item in csv(text):
         lo, _, hi = item.partition("-")
         ports += list(range(int(lo), int(hi or lo) + 1))
     return ports
@@ -168,13 +232,7 @@ class _Progress:
 
 def _frames_stores(work, envs, tasks, camera: str) -> list[tuple[str, str]]:
     """The (env, task) pairs with a frames store under `work`; FileNotFoundError if none."""
-    found = []
-    for env in envs or ENVS:
-        for path in sorted((Path(work) / "frames" / env).glob("*.zarr")):
-            name = path.name[:-len(".zarr")]
-            task, _, cam = name.partition("@")
-            if (cam or "head") == camera and (not tasks or task in tasks):
-                found.append((env, task))
+    found = Workspace(work).frames_stores(envs, tasks, camera)
     if not found:
         raise FileNotFoundError(f"no frames stores under {Path(work) / 'frames'} for these envs/tasks; "
                                 "run maniflow extract")
@@ -186,21 +244,14 @@ def cmd_paths(args) -> int:
     from maniflow.paths.label import ProviderConfig, label_paths
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    provider = ProviderConfig(kind=args.provider, model=args.model, max_tokens=args.max_tokens,
-                              jpeg_quality=args.jpeg_quality, oracle_points=args.points, label=args.label,
-                              coords=args.coords)
-    client = None
-    if args.provider != "oracle":
-        client = ClientConfig(endpoints=args.endpoints, in_flight=args.in_flight, timeout_s=args.timeout,
-                              max_attempts=args.attempts, give_up_after_s=args.give_up,
-                              probe_after_s=args.probe_after, api_key_env=args.api_key_env,
-                              slot_dir=str(args.slot_dir) if args.slot_dir else None)
+    provider = from_args(ProviderConfig, args)
+    client = from_args(ClientConfig, args) if provider.provider.needs_client else None
     pairs = _frames_stores(args.work, args.envs, args.tasks, args.camera)
     status = 0
     for env, task in pairs:
         try:
             report = label_paths(args.work, env, task, provider, client, camera=args.camera,
-                                 fallback=args.fallback, episodes=args.episodes,
+                                 episodes=args.episodes,
                                  progress=_Progress(f"{env}/{task}"))
         except NoEndpointAvailable as e:
             print(f"maniflow paths: {e}", file=sys.stderr)
@@ -209,6 +260,27 @@ def cmd_paths(args) -> int:
         if report.faults:
             status = 3
     return status
+
+
+def _paths_options(p: argparse.ArgumentParser) -> None:
+    from maniflow.paths.client import ClientConfig
+    from maniflow.paths.label import ProviderConfig
+
+    p.description = ("For each (env, task) frames store under --work: ask the provider for a "
+                     "path on every frame not answered yet and write {work}/paths/{label}/{env}/{task}/. "
+                     "VLM providers spread the frames over all endpoints (each with --in-flight "
+                     "requests at a time), retry failures elsewhere and take failing endpoints out of "
+                     "rotation. Exit status 3 if frames failed to parse or got no answer (they have a "
+                     "fallback path and are listed in summary.json), 4 if no endpoint answered.")
+    p.add_argument("--work", default=DEFAULT_WORK, help="work root with frames/ (default %(default)s)")
+    p.add_argument("--envs", type=csv, default=None, help="comma-separated: clean,cluttered (default: all found)")
+    p.add_argument("--tasks", type=csv, default=None, help="comma-separated task names (default: all found)")
+    p.add_argument("--episodes", type=lambda t: [int(x) for x in csv(t)], default=None,
+                   help="comma-separated episode numbers (default all)")
+    p.add_argument("--camera", default="head", choices=CAMERAS, help="camera (default head)")
+    add_options(p, ProviderConfig)
+    add_options(p, ClientConfig)
+    p.set_defaults(func=cmd_paths)
 
 
 def cmd_serve_paths(args) -> int:
@@ -227,252 +299,11 @@ def cmd_serve_paths(args) -> int:
     return 0
 
 
-def cmd_import_paths(args) -> int:
-    from maniflow.paths.legacy import import_hamster_dir
-
-    tasks = args.tasks or sorted(p.name for p in Path(args.src).iterdir() if p.is_dir())
-    for task in tasks:
-        counts = import_hamster_dir(args.src, args.work, args.env, task, label=args.label, model=args.model,
-                                    camera=args.camera)
-        raw = sum(c["raw"] for c in counts.values())
-        pkl = sum(c["pickle"] for c in counts.values())
-        print(f"{args.env}/{task}: {len(counts)} episodes, {raw} raw answers and {pkl} pickled paths imported "
-              f"into label {args.label}")
-    return 0
-
-
-def cmd_render(args) -> int:
-    from maniflow.datasets import DEFAULT_LABEL, DatasetConfig, render_task
-    from maniflow.frames import worker_pool
-    from maniflow.previews import contact_sheet, episode_video
-
-    config = DatasetConfig(resolution=args.resolution, dtype=args.dtype)
-    pairs = _frames_stores(args.work, args.envs, args.tasks, "head")
-    previews = Path(args.work) / "datasets" / "previews"
-    suffix = "" if args.label == DEFAULT_LABEL else f"-{args.label}"
-    start = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        pool = stack.enter_context(worker_pool(args.workers)) if args.workers > 1 else None
-        for env, task in pairs:
-            report = render_task(args.work, env, task, args.label, config, executor=pool)
-            print(report.summary())
-            if not args.no_preview:
-                print(f"  preview {contact_sheet(args.work, env, task, args.label, previews / f'{env}_{task}{suffix}.png')}")
-            if args.video is not None:
-                out = previews / f"{env}_{task}{suffix}_episode{args.video}.mp4"
-                print(f"  video {episode_video(args.work, env, task, args.label, args.video, out)}")
-    print(f"done in {time.perf_counter() - start:.1f} s")
-    return 0
-
-
-def cmd_train(args) -> int:
-    from dataclasses import replace
-
-    from maniflow.datasets import dataset_path
-    from maniflow.replay import CONDITIONS
-    from maniflow.train import PRESETS, TrainingDiverged, run_name, train
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = PRESETS[args.preset]
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("seed", args.seed),
-                                   ("device", args.device), ("val_every", args.val_every),
-                                   ("checkpoint_every", args.checkpoint_every)) if v is not None}
-    if args.compile:
-        overrides["compile"] = True
-    cfg = replace(cfg, **overrides)
-    if args.encoder_weights:
-        cfg = replace(cfg, policy=replace(cfg.policy, encoder_weights=str(args.encoder_weights)))
-    store = dataset_path(args.work, args.env, CONDITIONS[args.condition].dataset, args.task, args.label)
-    run = args.run or Path(args.work) / "runs" / run_name(args.env, args.condition, args.task, args.preset, cfg.seed,
-                                                          args.label)
-    bar = _Progress(f"train {run.name}")
-    print(f"training {args.condition} on {store} -> {run}")
-    try:
-        result = train(store, args.condition, run, cfg,
-                       progress=lambda i: bar(i["step"], i["total_steps"], f"epoch {i['epoch'] + 1}/{i['epochs']} "
-                                                                              f"loss {i['loss']:.4f}"))
-    except TrainingDiverged as e:
-        print(f"maniflow train: {e}", file=sys.stderr)
-        return 3
-    last = result.history[-1] if result.history else {}
-    print(f"done: {result.epochs} epochs, {result.steps} steps; last loss {last.get('loss', float('nan')):.4f}, "
-          f"validation {last.get('val_loss')}; best checkpoint {result.best}")
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    from maniflow.evaluate import EvalConfig, evaluate_runs
-    from maniflow.report import build_report
-    from maniflow.train import finished_runs, run_finished
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    runs = args.runs or finished_runs(args.work, args.preset)
-    for r in [r for r in runs if not run_finished(r)]:
-        print(f"skipping {r}: training not finished", file=sys.stderr)
-    runs = [r for r in runs if run_finished(r)]
-    if not runs:
-        raise FileNotFoundError(f"no finished runs to evaluate under {Path(args.work) / 'runs'}")
-    cfg = EvalConfig(episodes=args.episodes, seed=args.seed, execute_steps=args.execute_steps,
-                     provider=args.provider, endpoints=args.endpoints or (),
-                     offline=not args.no_offline, device=args.device)
-    records, baselines = evaluate_runs(args.work, runs, cfg)
-    report = build_report(records, baselines, args.out or Path(args.work) / "reports" / args.preset)
-    print(f"report: {report}")
-    return 0
-
-
-def cmd_inspect(args) -> int:
-    from maniflow.inspect import describe
-
-    for path in args.paths:
-        print(describe(path))
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="maniflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("generate", help="write synthetic RoboTwin episodes (the embedded default data)",
-                       description="Render scripted tabletop episodes for the six single-arm tasks "
-                       "and write them as RoboTwin's collector does: stable 2.0's layout "
-                       "{out}/{task}/{config}/data/episode{N}.hdf5 with instructions/, or the current one "
-                       "{out}/{config}/{task}/maniflow_synthetic/data/episode_{N:07d}.hdf5 with instruction/; "
-                       "scene_info.json in both. Deterministic per seed; an existing identical set is left "
-                       "alone. The files say they are synthetic.")
-    p.add_argument("--out", default=DEFAULT_DATA, help="data root to write (default %(default)s)")
-    p.add_argument("--tasks", type=_csv, default=SINGLE_ARM_TASKS, help="comma-separated task names "
-                   "(default: the six single-arm tasks)")
-    p.add_argument("--envs", type=_csv, default=ENVS, help="comma-separated: clean,cluttered (default both)")
-    p.add_argument("--episodes", type=int, default=10, help="episodes per task and env (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="dataset seed (default %(default)s)")
-    p.add_argument("--cameras", type=_csv, default=("head",),
-                   help="cameras to record: head, front (default head)")
-    p.add_argument("--step", type=float, default=0.015,
-                   help="mean end-effector travel per frame in metres; smaller = longer episodes "
-                   "(default %(default)s, about 40-90 frames per episode)")
-    p.add_argument("--occlusion", type=float, default=0.5,
-                   help="share of episodes in which the idle arm hides the task object for a while "
-                   "(default %(default)s)")
-    p.add_argument("--frame-storage", choices=("fixed", "vlen"), default="fixed",
-                   help="JPEG bytes as fixed-length strings (RoboTwin) or variable-length uint8 (stable 2.0 only)")
-    p.add_argument("--layout", choices=tuple(LAYOUTS), default="robotwin2",
-                   help="robotwin2: RoboTwin 2.0's stable layout; xpolicylab: RoboTwin's current one "
-                   "(default %(default)s)")
-    p.add_argument("--workers", type=int, default=1, help="processes (default %(default)s)")
-    _add_config_names(p)
-    p.set_defaults(func=cmd_generate)
-
-    p = sub.add_parser("maniskill-generate", help="ManiSkill 3 expert demonstrations as RoboTwin episodes",
-                       description="Plan demonstrations with ManiSkill's motion-planning experts (in the "
-                       "planner environment, `make maniskill`) in the clean scene and the cluttered scene "
-                       "(distractor primitives on the table), replay them on the CPU renderer and write "
-                       "{out}/{task}/{config}/data/episode{N}.hdf5 in RoboTwin 2.0's layout. Seeds the expert "
-                       "fails are skipped; an identical existing set is left alone.")
-    p.add_argument("--out", default="data/maniskill", help="data root to write (default %(default)s)")
-    p.add_argument("--tasks", type=_csv, default=("pick_cube",),
-                   help="comma-separated: pick_cube, push_cube, pull_cube, stack_cube (default pick_cube)")
-    p.add_argument("--envs", type=_csv, default=ENVS, help="comma-separated: clean,cluttered (default both)")
-    p.add_argument("--episodes", type=int, default=20, help="episodes per task and env (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="first seed tried (default %(default)s)")
-    p.add_argument("--camera-size", type=int, default=128, help="camera width and height (default %(default)s)")
-    p.add_argument("--workers", type=int, default=1, help="rendering processes (default %(default)s)")
-    _add_config_names(p)
-    p.set_defaults(func=cmd_maniskill_generate)
-
-    p = sub.add_parser("maniskill-import", help="a ManiSkill trajectory .h5 + .json as RoboTwin episodes",
-                       description="Replay every episode of a ManiSkill trajectory file (RecordEpisode or "
-                       "replay_trajectory output: needs env_states) and write it as RoboTwin 2.0 episodes.")
-    p.add_argument("--trajectory", type=Path, required=True, help="the .h5 (its .json next to it)")
-    p.add_argument("--out", default="data/maniskill", help="data root (default %(default)s)")
-    p.add_argument("--task", required=True, help="task name to file the episodes under")
-    p.add_argument("--env", choices=ENVS, required=True, help="which environment the episodes belong to")
-    p.add_argument("--first-index", type=int, default=0, help="number of the first episode written")
-    p.add_argument("--camera-size", type=int, default=None, help="re-render at this size (default: as recorded)")
-    p.add_argument("--instruction", default=None, help="instruction (needed for tasks maniflow does not know)")
-    _add_config_names(p)
-    p.set_defaults(func=cmd_maniskill_import)
-
-    p = sub.add_parser("extract", help="decode episodes into frames stores (Zarr), resumably",
-                       description="For each (env, task): decode every episode once into "
-                       "{work}/frames/{env}/{task}.zarr, from either RoboTwin layout under --root, found "
-                       "without flags: {task}/{config}/data/episode{N}.hdf5 (stable 2.0) or "
-                       "{config}/{task}/{embodiment}/data/episode_{N:07d}.hdf5 (current). A rerun skips "
-                       "unchanged episodes; bad episodes (including cameras that cannot be right) are "
-                       "quarantined with the reason (file, key, frame) and the rest complete. Exit status 3 "
-                       "if any episode was quarantined.")
-    p.add_argument("--root", default=DEFAULT_DATA, help="RoboTwin data root (default %(default)s)")
-    p.add_argument("--work", default=DEFAULT_WORK, help="output root (default %(default)s)")
-    p.add_argument("--envs", type=_csv, default=None,
-                   help="comma-separated: clean,cluttered (default: those found under --root)")
-    p.add_argument("--tasks", type=_csv, default=None, help="comma-separated task names (default: all found)")
-    p.add_argument("--camera", default="head", choices=CAMERAS, help="camera to extract (default head)")
-    p.add_argument("--workers", type=int, default=1, help="processes (default %(default)s)")
-    p.add_argument("--retry-quarantined", action="store_true",
-                   help="try quarantined episodes again even if their files did not change")
-    p.add_argument("--embodiment", default=None,
-                   help="robot folder of the current layout (e.g. aloha_agilex) when several hold a (config, task)")
-    p.add_argument("--layout", choices=tuple(LAYOUTS), default=None,
-                   help="read only this layout when both hold a (config, task)")
-    p.add_argument("--tcp-offset", type=float, default=None,
-                   help="metres from the stored end pose to the fingertip centre along the pose's x axis "
-                   f"(default: the files' convention; RoboTwin saves poses {ROBOTWIN_TCP_OFFSET} m behind)")
-    _add_config_names(p)
-    p.set_defaults(func=cmd_extract)
-
-    p = sub.add_parser("paths", help="label every frame with a path, resumably",
-                       description="For each (env, task) frames store under --work: ask the provider for a "
-                       "path on every frame not answered yet and write {work}/paths/{label}/{env}/{task}/. "
-                       "VLM providers spread the frames over all endpoints (each with --in-flight "
-                       "requests at a time), retry failures elsewhere and take failing endpoints out of "
-                       "rotation. Exit status 3 if frames failed to parse or got no answer (they have a "
-                       "fallback path and are listed in summary.json), 4 if no endpoint answered.")
-    p.add_argument("--provider", choices=("hamster", "peek", "openai", "oracle"), default="hamster",
-                   help="hamster/peek: a VILA server (POST {endpoint}/chat/completions); openai: any "
-                   "OpenAI-compatible server, endpoint ending in /v1; oracle: the ground truth (default hamster)")
-    p.add_argument("--endpoints", type=parse_endpoints,
-                   default=parse_endpoints(os.environ.get("MANIFLOW_VLM_ENDPOINTS", "http://127.0.0.1:8000")),
-                   help="comma-separated base URLs; ports may be a range: http://127.0.0.1:8000-8003 "
-                   "(default $MANIFLOW_VLM_ENDPOINTS or %(default)s)")
-    p.add_argument("--work", default=DEFAULT_WORK, help="work root with frames/ (default %(default)s)")
-    p.add_argument("--envs", type=_csv, default=None, help="comma-separated: clean,cluttered (default: all found)")
-    p.add_argument("--tasks", type=_csv, default=None, help="comma-separated task names (default: all found)")
-    p.add_argument("--episodes", type=lambda t: [int(x) for x in _csv(t)], default=None,
-                   help="comma-separated episode numbers (default all)")
-    p.add_argument("--camera", default="head", choices=CAMERAS, help="camera (default head)")
-    p.add_argument("--label", default=None, help="path store name (default: the provider); give "
-                   "a new one for another model or settings")
-    p.add_argument("--model", default="HAMSTER_dev", help="model name sent to the server (default %(default)s)")
-    p.add_argument("--max-tokens", type=int, default=512, help="answer length limit (default %(default)s)")
-    p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of sent frames (default %(default)s)")
-    p.add_argument("--points", type=int, default=10, help="oracle: points per path (default %(default)s)")
-    p.add_argument("--fallback", choices=("nearest", "previous", "none"), default="nearest",
-                   help="path for frames without a usable answer (default %(default)s)")
-    p.add_argument("--coords", choices=("unit", "thousand", "pixel"), default="unit",
-                   help="coordinates the model answers in: unit 0-1 (HAMSTER, PEEK), thousand 0-1000 "
-                   "(Qwen-VL style), pixel (of the image sent); changing it re-parses stored answers "
-                   "without asking again (default %(default)s)")
-    p.add_argument("--in-flight", type=int, default=1, help="requests at a time per endpoint (default %(default)s)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default %(default)s)")
-    p.add_argument("--attempts", type=int, default=5, help="tries per frame (default %(default)s)")
-    p.add_argument("--probe-after", type=float, default=2.0,
-                   help="seconds before an endpoint taken out of rotation is tried again; doubles "
-                   "while it keeps failing (default %(default)s)")
-    p.add_argument("--give-up", type=float, default=60.0,
-                   help="stop when no endpoint answered for this many seconds (default %(default)s)")
-    p.add_argument("--api-key-env", default=None,
-                   help="environment variable holding a bearer token for the server (never logged)")
-    p.add_argument("--slot-dir", type=Path, default=None,
-                   help="share the endpoints' --in-flight limits with other processes on this host "
-                   "(e.g. several maniflow paths at once) through lock files in this directory")
-    p.set_defaults(func=cmd_paths)
-
-    p = sub.add_parser("serve-paths", help="loopback path server (HAMSTER/PEEK/OpenAI protocol, oracle answers)",
-                       description="Serve POST /chat/completions (HAMSTER: list content) and "
-                       "/v1/chat/completions (OpenAI: string content) on each port, one request at a "
-                       "time per port, answering with the oracle path of the frame the image shows "
-                       "(found among the frames stores under --work). Faults can be injected.")
+def _serve_paths_options(p: argparse.ArgumentParser) -> None:
+    p.description = ("Serve POST /chat/completions (HAMSTER: list content) and "
+                     "/v1/chat/completions (OpenAI: string content) on each port, one request at a "
+                     "time per port, answering with the oracle path of the frame the image shows "
+                     "(found among the frames stores under --work). Faults can be injected.")
     p.add_argument("--work", default=DEFAULT_WORK, help="work root with frames/ (default %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     p.add_argument("--ports", default="8000", help="ports, e.g. 8000-8003 or 8000,8001; 0 = any free "
@@ -485,107 +316,213 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--malformed-rate", type=float, default=0.0, help="share of answers broken like real ones")
     p.add_argument("--outage-after", type=int, default=None,
                    help="answer this many requests per port, then 503 for every request (a server gone down)")
-    p.add_argument("--models", type=_csv, default=(), help="accepted model names (default: any)")
+    p.add_argument("--models", type=csv, default=(), help="accepted model names (default: any)")
     p.add_argument("--seed", type=int, default=0, help="fault injection seed (default %(default)s)")
     p.add_argument("--ready-file", type=Path, default=None, help="write {\"urls\": [...]} here once listening")
     p.add_argument("--api-key-env", default=None,
                    help="require Authorization: Bearer $VAR, like vLLM's --api-key (VAR names the variable)")
     p.set_defaults(func=cmd_serve_paths)
 
-    p = sub.add_parser("import-paths", help="import HAMSTER output directories (pickle-free)",
-                       description="Read {src}/{task}/episode_NN/raw_outputs/*.txt (parsed again by our "
-                       "parser) and paths/*.pkl (through a loader that accepts only lists, tuples, "
-                       "numbers and None and executes nothing) into {work}/paths/{label}/{env}/{task}/. "
-                       "The frames store of (env, task) must exist. A later `maniflow paths` with the "
-                       "same label asks only for the frames still missing.")
+
+def cmd_import_paths(args) -> int:
+    from maniflow.paths.label import ProviderConfig
+    from maniflow.paths.legacy import import_hamster_dir
+
+    provider = ProviderConfig(kind="hamster", model=args.model, label=args.label)
+    tasks = args.tasks or sorted(p.name for p in Path(args.src).iterdir() if p.is_dir())
+    for task in tasks:
+        counts = import_hamster_dir(args.src, args.work, args.env, task, provider, camera=args.camera)
+        raw = sum(c["raw"] for c in counts.values())
+        pkl = sum(c["pickle"] for c in counts.values())
+        print(f"{args.env}/{task}: {len(counts)} episodes, {raw} raw answers and {pkl} pickled paths imported "
+              f"into label {provider.name}")
+    return 0
+
+
+def _import_paths_options(p: argparse.ArgumentParser) -> None:
+    from maniflow.paths.label import ProviderConfig
+
+    p.description = ("Read {src}/{task}/episode_NN/raw_outputs/*.txt (parsed again by our "
+                     "parser) and paths/*.pkl (through a loader that accepts only lists, tuples, "
+                     "numbers and None and executes nothing) into {work}/paths/{label}/{env}/{task}/. "
+                     "The frames store of (env, task) must exist. A later `maniflow paths` with the "
+                     "same label asks only for the frames still missing.")
     p.add_argument("src", type=Path, help="directory holding {task}/episode_NN/")
     p.add_argument("--env", required=True, choices=ENVS, help="environment the episodes belong to")
-    p.add_argument("--tasks", type=_csv, default=None, help="comma-separated tasks (default: all under src)")
+    p.add_argument("--tasks", type=csv, default=None, help="comma-separated tasks (default: all under src)")
     p.add_argument("--work", default=DEFAULT_WORK, help="work root with frames/ (default %(default)s)")
-    p.add_argument("--label", default="hamster", help="path store name (default %(default)s)")
-    p.add_argument("--model", default="HAMSTER_dev", help="model that made the answers (default %(default)s)")
     p.add_argument("--camera", default="head", choices=CAMERAS, help="camera (default head)")
+    add_options(p, ProviderConfig, skip=("kind", "coords", "max_tokens", "jpeg_quality", "oracle_points"))
     p.set_defaults(func=cmd_import_paths)
 
-    p = sub.add_parser("render", help="frames + paths -> training datasets (original, overlay, concat)",
-                       description="For each (env, task): draw every frame's path (HAMSTER style) at native "
-                       "resolution, resize original, overlay and path-only images alike to the training "
-                       "resolution and write {work}/datasets/{env}_{original,overlay,concat}_{task}.zarr "
-                       "(paths of another --label than hamster: {env}_overlay-{label}_{task}.zarr). "
-                       "Per-episode parts are reused while their inputs are unchanged; stores are "
-                       "replaced atomically. Also writes a contact sheet PNG per (env, task).")
+
+def cmd_render(args) -> int:
+    from maniflow.datasets import render_task
+    from maniflow.frames import worker_pool
+    from maniflow.previews import contact_sheet, episode_video
+    from maniflow.settings import DatasetConfig
+
+    config = from_args(DatasetConfig, args)
+    workspace = Workspace(args.work)
+    pairs = _frames_stores(args.work, args.envs, args.tasks, "head")
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(worker_pool(args.workers)) if args.workers > 1 else None
+        for env, task in pairs:
+            report = render_task(args.work, env, task, args.label, config, executor=pool)
+            print(report.summary())
+            if not args.no_preview:
+                sheet = contact_sheet(args.work, env, task, args.label, workspace.preview(env, task, args.label))
+                print(f"  preview {sheet}")
+            if args.video is not None:
+                out = workspace.preview(env, task, args.label, episode=args.video)
+                print(f"  video {episode_video(args.work, env, task, args.label, args.video, out)}")
+    print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _render_options(p: argparse.ArgumentParser) -> None:
+    from maniflow.settings import DatasetConfig
+
+    p.description = ("For each (env, task): draw every frame's path (HAMSTER style) at native "
+                     "resolution, resize original, overlay and path-only images alike to the training "
+                     "resolution and write {work}/datasets/{env}_{original,overlay,concat}_{task}.zarr "
+                     "(paths of another --label than hamster: {env}_overlay-{label}_{task}.zarr). "
+                     "Per-episode parts are reused while their inputs are unchanged; stores are "
+                     "replaced atomically. Also writes a contact sheet PNG per (env, task).")
     p.add_argument("--work", default=DEFAULT_WORK, help="work root with frames/ and paths/ (default %(default)s)")
     p.add_argument("--label", default="hamster", help="path store to draw (default %(default)s)")
-    p.add_argument("--envs", type=_csv, default=None, help="comma-separated: clean,cluttered (default: all found)")
-    p.add_argument("--tasks", type=_csv, default=None, help="comma-separated task names (default: all found)")
-    p.add_argument("--resolution", type=int, default=224, help="square training resolution (default %(default)s)")
-    p.add_argument("--dtype", choices=("uint8", "float32"), default="uint8",
-                   help="image dtype; float32 (values 0-1, 4x the bytes) matches the user's old datasets")
+    p.add_argument("--envs", type=csv, default=None, help="comma-separated: clean,cluttered (default: all found)")
+    p.add_argument("--tasks", type=csv, default=None, help="comma-separated task names (default: all found)")
+    add_options(p, DatasetConfig)
     p.add_argument("--workers", type=int, default=1, help="processes (default %(default)s)")
     p.add_argument("--no-preview", action="store_true", help="skip the contact sheets")
     p.add_argument("--video", type=int, default=None, metavar="EPISODE",
                    help="also write an MP4 of this episode (original | overlay)")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("train", help="train one ManiFlow policy on one dataset (resumable)",
-                       description="Train the ManiFlow image policy for one condition on the dataset of "
-                       "(env, task) made by `maniflow render`, into {work}/runs/<name>/ (checkpoints/latest.ckpt, "
-                       "top-k EMA checkpoints by validation loss, metrics.jsonl, loss.png). Running it again "
-                       "resumes from latest.ckpt to the same result as an uninterrupted run. On CUDA: bf16 "
-                       "autocast, channels_last encoders, fused AdamW.")
+
+def cmd_train(args) -> int:
+    from maniflow.settings import TrainOptions
+    from maniflow.train import TrainingDiverged, train_cell
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cell = from_args(Cell, args)
+    workspace = Workspace(args.work)
+    store, run = workspace.cell_dataset(cell), workspace.run(cell)
+    bar = _Progress(f"train {run.name}")
+    print(f"training {cell} on {store} -> {run}")
+    try:
+        result = train_cell(workspace, cell, from_args(TrainOptions, args),
+                            progress=lambda i: bar(i["step"], i["total_steps"],
+                                                   f"epoch {i['epoch'] + 1}/{i['epochs']} loss {i['loss']:.4f}"))
+    except TrainingDiverged as e:
+        print(f"maniflow train: {e}", file=sys.stderr)
+        return 3
+    last = result.history[-1] if result.history else {}
+    print(f"done: {result.epochs} epochs, {result.steps} steps; last loss {last.get('loss', float('nan')):.4f}, "
+          f"validation {last.get('val_loss')}; best checkpoint {result.best}")
+    return 0
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    from maniflow.settings import TrainOptions
+
+    p.description = ("Train the ManiFlow image policy for one condition on the dataset of "
+                     "(env, task) made by `maniflow render`, into {work}/runs/<name>/ (checkpoints/latest.ckpt, "
+                     "top-k EMA checkpoints by validation loss, metrics.jsonl, loss.png). Running it again "
+                     "resumes from latest.ckpt to the same result as an uninterrupted run. On CUDA: bf16 "
+                     "autocast, channels_last encoders, fused AdamW.")
     p.add_argument("--work", default=DEFAULT_WORK, help="work root with datasets/ (default %(default)s)")
-    p.add_argument("--env", required=True, choices=ENVS, help="training data environment")
-    p.add_argument("--task", required=True, help="task name")
-    p.add_argument("--condition", required=True, choices=("original", "overlay_current", "overlay_initial_current",
-                                                          "concat_current", "concat_initial_current"))
-    p.add_argument("--label", default="hamster", help="path label of the overlay datasets (default %(default)s)")
-    p.add_argument("--preset", choices=("paper", "demo"), default="paper",
-                   help="paper: the user's settings; demo: toy sizes, about a minute on CPU (default %(default)s)")
-    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
-    p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
-    p.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
-    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
-    p.add_argument("--val-every", type=int, default=None, help="epochs between validations (preset's default)")
-    p.add_argument("--checkpoint-every", type=int, default=None,
-                   help="epochs between latest.ckpt writes (preset's default)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the encoders and DiTX (minutes of compilation first)")
-    p.add_argument("--encoder-weights", type=Path, default=None,
-                   help="local ResNet-18 state dict (ImageNet or R3M); default random initialisation")
-    p.add_argument("--run", type=Path, default=None, help="run directory (default {work}/runs/<name>)")
+    add_options(p, Cell)
+    add_options(p, TrainOptions)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate finished runs (offline + closed loop) and write the report",
-                       description="Evaluate every finished run under {work}/runs (or --runs): offline action error "
-                       "on the held-out cluttered episodes, closed-loop success in the synthetic environment on "
-                       "the same layouts for every cell, do-nothing and expert baselines; then write the report "
-                       "(markdown, tables, charts, roll-out strips). Results are cached per checkpoint.")
+
+def cmd_evaluate(args) -> int:
+    from maniflow.evaluate import evaluate_cells
+    from maniflow.report import build_report
+    from maniflow.settings import EvalConfig
+    from maniflow.train import cell_finished
+    from maniflow.workspace import read_cell
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    workspace = Workspace(args.work)
+    cells = [read_cell(r) for r in args.runs] if args.runs else workspace.cells(args.preset)
+    for c in [c for c in cells if not cell_finished(workspace, c)]:
+        print(f"skipping {c}: training not finished", file=sys.stderr)
+    cells = [c for c in cells if cell_finished(workspace, c)]
+    if not cells:
+        raise FileNotFoundError(f"no finished runs to evaluate under {workspace.root / 'runs'}")
+    records, baselines = evaluate_cells(workspace, cells, from_args(EvalConfig, args))
+    report = build_report(records, baselines, args.out or workspace.report(args.preset))
+    print(f"report: {report}")
+    return 0
+
+
+def _evaluate_options(p: argparse.ArgumentParser) -> None:
+    from maniflow.settings import EvalConfig
+
+    p.description = ("Evaluate every finished run under {work}/runs (or --runs): offline action error "
+                     "on the held-out cluttered episodes, closed-loop success in the synthetic environment on "
+                     "the same layouts for every cell, do-nothing and expert baselines; then write the report "
+                     "(markdown, tables, charts, roll-out strips). Results are cached per checkpoint.")
     p.add_argument("--work", default=DEFAULT_WORK, help="work root (default %(default)s)")
     p.add_argument("--runs", type=Path, nargs="*", default=None, help="run directories (default: all of --preset)")
     p.add_argument("--preset", default="paper", help="which runs by default (default %(default)s)")
-    p.add_argument("--episodes", type=int, default=20, help="closed-loop episodes per cell (default %(default)s)")
-    p.add_argument("--seed", type=int, default=1000, help="evaluation layouts' seed (default %(default)s)")
-    p.add_argument("--execute-steps", type=int, default=8, help="actions executed per chunk (default %(default)s)")
-    p.add_argument("--provider", default="oracle", choices=("oracle", "hamster", "peek", "openai"),
-                   help="path source in closed loop (default %(default)s)")
-    p.add_argument("--endpoints", type=parse_endpoints, default=None,
-                   help="VLM endpoints for --provider other than oracle (host:port ranges allowed)")
-    p.add_argument("--no-offline", action="store_true", help="skip the offline metrics")
-    p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=None, help="report directory (default {work}/reports/<preset>)")
+    add_options(p, EvalConfig)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("inspect", help="summarise an episode file, data root or store",
-                       description="Print a human summary of a RoboTwin episode (.hdf5), a RoboTwin "
-                       "data root, a frames store or any Zarr store (arrays, shapes, chunks, "
-                       "compression, bytes per frame, quarantined episodes).")
+
+def cmd_inspect(args) -> int:
+    from maniflow.inspect import describe
+
+    for path in args.paths:
+        print(describe(path))
+    return 0
+
+
+def _inspect_options(p: argparse.ArgumentParser) -> None:
+    p.description = ("Print a human summary of a RoboTwin episode (.hdf5), a RoboTwin "
+                     "data root, a frames store or any Zarr store (arrays, shapes, chunks, "
+                     "compression, bytes per frame, quarantined episodes).")
     p.add_argument("paths", nargs="+", type=Path, help="files or directories")
     p.set_defaults(func=cmd_inspect)
+
+
+# name: (one-line help, adds the command's options). Only the command being run gets its
+# options, so a command imports only the modules it needs.
+COMMANDS = {
+    "generate": ("write synthetic RoboTwin episodes (the embedded default data)", _generate_options),
+    "maniskill-generate": ("ManiSkill 3 expert demonstrations as RoboTwin episodes", _maniskill_generate_options),
+    "maniskill-import": ("a ManiSkill trajectory .h5 + .json as RoboTwin episodes", _maniskill_import_options),
+    "extract": ("decode episodes into frames stores (Zarr), resumably", _extract_options),
+    "paths": ("label every frame with a path, resumably", _paths_options),
+    "serve-paths": ("loopback path server (HAMSTER/PEEK/OpenAI protocol, oracle answers)", _serve_paths_options),
+    "import-paths": ("import HAMSTER output directories (pickle-free)", _import_paths_options),
+    "render": ("frames + paths -> training datasets (original, overlay, concat)", _render_options),
+    "train": ("train one ManiFlow policy on one dataset (resumable)", _train_options),
+    "evaluate": ("evaluate finished runs (offline + closed loop) and write the report", _evaluate_options),
+    "inspect": ("summarise an episode file, data root or store", _inspect_options),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `maniflow` parser; with `command`, only that command's options are built."""
+    parser = argparse.ArgumentParser(
+        prog="maniflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_options_of) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        if command in (None, name):
+            add_options_of(p)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
     unknown_envs = set(getattr(args, "envs", None) or ()) - set(ENVS)
     if unknown_envs:
         print(f"unknown env(s) {sorted(unknown_envs)}; use clean and/or cluttered", file=sys.stderr)

@@ -36,54 +36,18 @@ import numpy as np
 import torch
 import zarr
 
-from maniflow.frames import FramesStore, IncompleteStoreError, frames_store_path
+from maniflow.frames import FramesStore, IncompleteStoreError
 from maniflow.overlay import render_views
-from maniflow.paths.store import PathStore, path_store_dir
-from maniflow.storage import append_frames, code_version, remove_stale_temps, replace_dir, temp_sibling, \
-    write_frames
+from maniflow.paths.store import PathStore
+from maniflow.settings import DatasetConfig
+from maniflow.storage import append_frames, code_version, remove_stale_temps, replace_dir, temp_sibling, write_frames
+from maniflow.workspace import DATASET_KINDS, DEFAULT_LABEL, Workspace
 
 FORMAT = "maniflow.dataset"
 FORMAT_VERSION = 1
-TYPES = ("original", "overlay", "concat")
 IMAGE_KEYS = {"original": ("image",), "overlay": ("overlay_image",), "concat": ("image", "path_image")}
-DEFAULT_LABEL = "hamster"  # the user's path provider; other labels are named in the store name
 BATCH = 64  # frames rendered at a time: bounds memory whatever the episode length
 STYLE_VERSION = 2  # bump when the drawing changes, so path parts are redrawn (2: the user's draw order)
-
-
-@dataclass(frozen=True)
-class DatasetConfig:
-    resolution: int = 224
-    dtype: str = "uint8"  # or "float32" (values in [0, 1]) for the user's existing dataset classes
-    # Blosc-zstd level 1 (benchmarks/bench_datasets.py): level 3 saves ~10% of bytes for ~3x the
-    # encoding time, which would dominate rendering; shuffle only helps float32.
-    clevel: int = 1
-
-    def __post_init__(self):
-        if self.dtype not in ("uint8", "float32"):
-            raise ValueError(f"dtype {self.dtype!r}: uint8 or float32")
-        if self.resolution < 8:
-            raise ValueError(f"resolution {self.resolution} is too small")
-
-    def compressor(self):
-        shuffle = numcodecs.Blosc.SHUFFLE if self.dtype == "float32" else numcodecs.Blosc.NOSHUFFLE
-        return numcodecs.Blosc(cname="zstd", clevel=self.clevel, shuffle=shuffle)
-
-
-def dataset_name(env: str, kind: str, task: str, label: str = DEFAULT_LABEL) -> str:
-    if kind not in TYPES:
-        raise ValueError(f"dataset type {kind!r}: choose from {TYPES}")
-    suffix = "" if kind == "original" or label == DEFAULT_LABEL else f"-{label}"
-    return f"{env}_{kind}{suffix}_{task}.zarr"
-
-
-def dataset_path(work, env: str, kind: str, task: str, label: str = DEFAULT_LABEL) -> Path:
-    return Path(work) / "datasets" / dataset_name(env, kind, task, label)
-
-
-def part_dir(work, env: str, task: str, which: str, episode: int) -> Path:
-    """`which` is "original" or a path label."""
-    return Path(work) / "datasets" / "parts" / env / task / which / f"episode{episode}"
 
 
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
@@ -127,10 +91,10 @@ def render_inputs(work, env: str, task: str, label: str, index: int, config: Dat
                   frames: FramesStore | None = None) -> dict:
     """What the parts of the index-th episode are made from: {"original": ..., label: ...}.
     Parts are redrawn when these change (and a cache key can be built from them)."""
-    frames = frames or FramesStore(frames_store_path(work, env, task))
+    frames = frames or FramesStore(Workspace.of(work).frames(env, task))
     number = int(frames.episode_index[index])
     fingerprint = frames.episodes[index]["fingerprint"]
-    path_file = PathStore(path_store_dir(work, label, env, task)).episode_file(number)
+    path_file = PathStore(Workspace.of(work).paths(label, env, task)).episode_file(number)
     if not path_file.exists():
         raise FileNotFoundError(f"{path_file}: no paths for episode {number}; run maniflow paths")
     stat = path_file.stat()
@@ -145,13 +109,13 @@ def render_episode(work, env: str, task: str, label: str, index: int, config: Da
     Reuses parts whose inputs are unchanged. Returns a small record: status (rendered or
     reused), episode number, rows, frames whose path was empty (left unchanged).
     """
-    frames = FramesStore(frames_store_path(work, env, task))
+    frames = FramesStore(Workspace.of(work).frames(env, task))
     number = int(frames.episode_index[index])
     episode = frames.episodes[index]
-    paths = PathStore(path_store_dir(work, label, env, task))
+    paths = PathStore(Workspace.of(work).paths(label, env, task))
     path_file = paths.episode_file(number)
     wanted = render_inputs(work, env, task, label, index, config, frames)
-    parts = {which: part_dir(work, env, task, which, number) for which in wanted}
+    parts = {which: Workspace.of(work).dataset_part(env, task, which, number) for which in wanted}
     records = {which: _read_record(p) for which, p in parts.items()}
     todo = [w for w in wanted if records[w] is None or records[w]["inputs"] != wanted[w]]
     if not todo:
@@ -234,8 +198,8 @@ class RenderReport:
 def render_task(work, env: str, task: str, label: str = DEFAULT_LABEL, config: DatasetConfig = DatasetConfig(),
                 executor: Executor | None = None) -> RenderReport:
     """Render and assemble the three datasets of (env, task) from the paths of `label`."""
-    frames = FramesStore(frames_store_path(work, env, task))
-    paths = PathStore(path_store_dir(work, label, env, task))
+    frames = FramesStore(Workspace.of(work).frames(env, task))
+    paths = PathStore(Workspace.of(work).paths(label, env, task))
     report = RenderReport(env, task, label)
     have = set(paths.episodes())
     indices = [i for i, n in enumerate(frames.episode_index) if int(n) in have]
@@ -243,7 +207,7 @@ def render_task(work, env: str, task: str, label: str = DEFAULT_LABEL, config: D
     if not indices:
         raise FileNotFoundError(f"no paths under {paths.dir} for the episodes of {frames.path}; run maniflow paths")
     for which in ("original", label):
-        remove_stale_temps(part_dir(work, env, task, which, 0).parent)
+        remove_stale_temps(Workspace.of(work).dataset_part(env, task, which, 0).parent)
     args = ([work] * len(indices), [env] * len(indices), [task] * len(indices), [label] * len(indices),
             indices, [config] * len(indices))
     run = executor.map if executor is not None else map
@@ -258,9 +222,9 @@ def assemble_datasets(work, env: str, task: str, label: str, numbers: list[int],
                       config: DatasetConfig = DatasetConfig()) -> tuple[dict[str, Path], bool]:
     """(Re)assemble the three stores of (env, task) from the rendered parts of `numbers` where
     they are not up to date. Returns the stores and whether any was written."""
-    frames = FramesStore(frames_store_path(work, env, task))
-    paths = PathStore(path_store_dir(work, label, env, task))
-    stores = {kind: dataset_path(work, env, kind, task, label) for kind in TYPES}
+    frames = FramesStore(Workspace.of(work).frames(env, task))
+    paths = PathStore(Workspace.of(work).paths(label, env, task))
+    stores = {kind: Workspace.of(work).dataset(env, kind, task, label) for kind in DATASET_KINDS}
     assembled = False
     for kind, store in stores.items():
         signature = _parts_signature(work, env, task, label if kind != "original" else None, numbers)
@@ -274,7 +238,8 @@ def _parts_signature(work, env, task, label: str | None, numbers) -> list:
     """What a store is made of: per episode the inputs of its parts (the original part, and the
     path part unless label is None)."""
     which = ["original"] + ([label] if label else [])
-    return [[n, *(_read_record(part_dir(work, env, task, w, n))["inputs"] for w in which)] for n in numbers]
+    parts = Workspace.of(work).dataset_part
+    return [[n, *(_read_record(parts(env, task, w, n))["inputs"] for w in which)] for n in numbers]
 
 
 def dataset_complete(store: Path) -> bool:
@@ -303,11 +268,11 @@ def _store_signature(store: Path):
 def assemble(work, env: str, task: str, label: str, kind: str, numbers: list[int], config: DatasetConfig,
              frames: FramesStore, paths: PathStore, signature: list) -> None:
     """Write one dataset store from the parts, atomically; image chunks are hard links."""
-    store = dataset_path(work, env, kind, task, label)
+    store = Workspace.of(work).dataset(env, kind, task, label)
     store.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(store.parent)
-    originals = [part_dir(work, env, task, "original", n) for n in numbers]
-    path_parts = [part_dir(work, env, task, label, n) for n in numbers]
+    originals = [Workspace.of(work).dataset_part(env, task, "original", n) for n in numbers]
+    path_parts = [Workspace.of(work).dataset_part(env, task, label, n) for n in numbers]
     records = [_read_record(p) for p in path_parts]
     lengths = np.array([r["rows"] for r in records], np.int64)
     tmp = temp_sibling(store)

@@ -7,23 +7,23 @@
     closed loop  `episodes` layouts of the evaluation env from `seed` (the same for every
                  cell): the synthetic tabletop env for RoboTwin tasks, ManiSkill (CPU SAPIEN)
                  for ManiSkill tasks, whose layouts are the first `episodes` seeds from `seed`
-                 that ManiSkill's expert solves (planned once into `{work}/maniskill/`);
-                 the policy's action chunks run `execute_steps` at a time; overlay
-                 conditions get their path from the same provider interface as in training
-                 (oracle by default, or a VLM endpoint) and the initial image is frame 0's
+                 that ManiSkill's expert solves (planned once into the work directory): the
+                 task's simulator (maniflow.simulators); the policy's action chunks run
+                 `execute_steps` at a time; overlay conditions get their path from the same
+                 provider interface as in training (oracle by default, or a VLM endpoint)
+                 and the initial image is frame 0's
 
 Results are one JSON file per (checkpoint, evaluation settings) in `{run}/eval/`, written
-atomically, so evaluating again is free. Baselines (do nothing, the scripted expert) are
-evaluated on the same layouts.
+atomically, so evaluating again is free: this is the one evaluation cache (the flows' tasks
+call these functions). Baselines (do nothing, the scripted expert) are evaluated on the same
+layouts.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,67 +32,36 @@ import numpy as np
 import torch
 import zarr
 
-from maniflow.datasets import DEFAULT_LABEL, data_provenance, dataset_complete, dataset_path, draw_views, \
-    resize_frames
-from maniflow.frames import frames_store_path
-from maniflow.maniskill import DISTRACTORS, is_maniskill_task
-from maniflow.overlay import render_views
-from maniflow.paths.client import ClientConfig, Job, PathClient
-from maniflow.paths.label import ProviderConfig
-from maniflow.paths.protocol import WIRES, jpeg_data_url, prepare_image, request_body
-from maniflow.paths.store import parse_answer
-from maniflow.policy import MODEL_VERSION, ManiFlowPolicy
-from maniflow.replay import CONDITIONS, ReplayData
 from maniflow import __version__
+from maniflow.conditions import CONDITIONS
+from maniflow.datasets import data_provenance, dataset_complete, draw_views, resize_frames
+from maniflow.overlay import render_views
+from maniflow.policy import MODEL_VERSION, ManiFlowPolicy
+from maniflow.replay import ReplayData
+from maniflow.settings import EvalConfig
+from maniflow.simulators import simulator_for
 from maniflow.storage import write_json
-from maniflow.synthetic.env import EVAL_SEED, EnvConfig, TabletopEnv
 from maniflow.train import load_policy, pick_device, validation_loss
+from maniflow.workspace import Cell, Workspace
 
 log = logging.getLogger("maniflow.evaluate")
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    env: str = "cluttered"  # every cell is evaluated on cluttered scenes
-    episodes: int = 20  # closed-loop episodes per cell
-    seed: int = EVAL_SEED
-    execute_steps: int = 8  # actions executed of each predicted chunk
-    inference_steps: int | None = None  # default: the policy's
-    provider: str = "oracle"  # path source in closed loop: oracle, or hamster / peek / openai
-    model: str = "HAMSTER_dev"
-    endpoints: tuple[str, ...] = ()
-    offline: bool = True
-    strips: int = 2  # closed-loop episodes kept as image strips for the report
-    strip_frames: int = 8
-    batch_size: int = 64
-    device: str = "auto"
-
-    def env_config(self) -> EnvConfig:
-        return EnvConfig(seed=self.seed)
-
-
 @dataclass
-class CellRun:
-    """What a run directory says about itself (config.json, the dataset store's attributes)."""
+class TrainedCell:
+    """A cell's training run as evaluation reads it."""
 
+    cell: Cell
     run: Path
-    condition: str
-    store: Path
-    env: str
-    task: str
-    kind: str
-    label: str
-    holdout: int
-    seed: int
+    store: Path  # the dataset it trained on
+    holdout: int  # the store's last episodes, never trained or validated on
 
     @classmethod
-    def read(cls, run) -> "CellRun":
-        run = Path(run)
+    def read(cls, work, cell: Cell) -> TrainedCell:
+        workspace = Workspace.of(work)
+        run = workspace.run(cell)
         config = json.loads((run / "config.json").read_text())
-        attrs = zarr.open_group(config["store"], mode="r").attrs.asdict()
-        label = (attrs.get("paths") or {}).get("label") or DEFAULT_LABEL
-        return cls(run, config["condition"], Path(config["store"]), attrs["env"], attrs["task"], attrs["type"],
-                   label, config["train"].get("holdout_episodes", 0), config["train"]["seed"])
+        return cls(cell, run, Path(config["store"]), config["train"].get("holdout_episodes", 0))
 
     def checkpoint(self) -> Path:
         """The best checkpoint by validation loss, else the latest."""
@@ -105,9 +74,6 @@ class CellRun:
             return latest
         raise FileNotFoundError(f"{self.run}: no checkpoint; train the cell first")
 
-    def eval_store(self, work, env: str) -> Path:
-        return dataset_path(work, env, self.kind, self.task, self.label)
-
 
 # -- policy inputs -----------------------------------------------------------------------------
 
@@ -115,78 +81,6 @@ def policy_images(frames: np.ndarray, paths: list | None, condition: str, resolu
     """(B, H, W, 3) frames (+ one path each) -> (B, C, R, R) uint8 exactly as the datasets hold them."""
     views, _ = draw_views(frames, paths)
     return np.concatenate([resize_frames(views[k], resolution) for k in CONDITIONS[condition].keys], axis=1)
-
-
-class OraclePaths:
-    """The environment's ground-truth path, as the oracle provider labels the data."""
-
-    def __call__(self, envs: list, frames: list[np.ndarray]) -> list[list]:
-        return [e.oracle_path() for e in envs]
-
-
-class VLMPaths:
-    """Paths from a VLM endpoint over HTTP (HAMSTER, PEEK, OpenAI-compatible), one request per
-    frame, all frames of a step in flight together; a failed answer keeps the env's last path."""
-
-    def __init__(self, provider: ProviderConfig, client: ClientConfig):
-        self.provider, self.client = provider, PathClient(client)
-        self.last: dict[int, list] = {}
-
-    def __call__(self, envs: list, frames: list[np.ndarray]) -> list[list]:
-        wire = WIRES[self.provider.kind]
-        jobs = []
-        for env, rgb in zip(envs, frames):
-            url = jpeg_data_url(prepare_image(rgb, wire), self.provider.jpeg_quality)
-            body = request_body(url, env.instruction, wire, self.provider.model, self.provider.max_tokens)
-            jobs.append(Job(id(env), json.dumps(body).encode()))
-        height, width = frames[0].shape[:2]
-
-        def on_answer(job, answer):
-            if answer.text is not None:
-                parsed = parse_answer(answer.text, self.provider.answer_format, width, height, self.provider.coords)
-                if parsed.status != "failed":
-                    self.last[job.key] = parsed.points
-
-        self.client.run(iter(jobs), on_answer)
-        return [self.last.get(id(e), []) for e in envs]
-
-
-def path_source(cfg: EvalConfig):
-    if cfg.provider == "oracle":
-        return OraclePaths()
-    if not cfg.endpoints:
-        raise ValueError(f"provider {cfg.provider!r} needs endpoints")
-    return VLMPaths(ProviderConfig(kind=cfg.provider, model=cfg.model), ClientConfig(endpoints=tuple(cfg.endpoints)))
-
-
-# -- closed loop -------------------------------------------------------------------------------
-
-# A process's ManiSkill envs share one SAPIEN renderer: one closed loop at a time per process
-# (the evaluate flow runs cells in threads).
-_SIMULATOR = threading.Lock()
-
-
-def simulating(task: str):
-    return _SIMULATOR if is_maniskill_task(task) else contextlib.nullcontext()
-
-
-def evaluation_envs(task: str, cfg: EvalConfig, work=None) -> list:
-    """The `cfg.episodes` evaluation layouts of `task`, reset: synthetic envs for RoboTwin tasks,
-    ManiSkill envs (planned once under `{work}/maniskill/eval-plans/`) for ManiSkill tasks."""
-    if not is_maniskill_task(task):
-        return [TabletopEnv(task, cfg.env, i, cfg.env_config()) for i in range(cfg.episodes)]
-    from maniflow.maniskill.env import ManiSkillEnv, read_trajectories
-    from maniflow.maniskill.planner import plan_demos
-
-    if work is None:
-        raise ValueError(f"{task}: ManiSkill evaluation needs the work directory (its expert plans live there)")
-    plans = Path(work) / "maniskill" / "eval-plans" / task / f"{cfg.env}-seed{cfg.seed}-n{cfg.episodes}"
-    plan_demos(plans, task, DISTRACTORS[cfg.env], cfg.episodes, cfg.seed)
-    env_info, trajs = read_trajectories(plans / "trajectory.h5")
-    frames = zarr.open_group(frames_store_path(work, cfg.env, task), mode="r")["data/rgb"]
-    camera = {"sensor_configs": {"width": int(frames.shape[2]), "height": int(frames.shape[1])}}
-    kwargs = {**env_info["env_kwargs"], **camera}  # the training data's camera size
-    return [ManiSkillEnv(task, kwargs, t) for t in trajs]
 
 
 @torch.no_grad()
@@ -197,7 +91,7 @@ def closed_loop(policy: ManiFlowPolicy, condition: str, envs: list, resolution: 
     device = next(policy.parameters()).device
     cond = CONDITIONS[condition]
     uses_paths = cond.dataset != "original"
-    paths = paths or (path_source(cfg) if uses_paths else None)
+    paths = paths or (cfg.paths.closed_loop(cfg.client) if uses_paths else None)
     n_obs, execute = policy.cfg.n_obs_steps, min(cfg.execute_steps, policy.cfg.n_action_steps)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     strips: list[list[np.ndarray]] = [[] for _ in range(min(cfg.strips, len(envs)))]
@@ -245,7 +139,7 @@ def baseline(task: str, kind: str, cfg: EvalConfig, work=None) -> dict:
     """Closed-loop success of a reference policy on the evaluation layouts: `do_nothing` (holds
     its pose) or `expert` (replays the generator's script / ManiSkill's plan)."""
     success, steps = [], []
-    for env in evaluation_envs(task, cfg, work):
+    for env in simulator_for(task).make_envs(task, cfg, None if work is None else Workspace.of(work)):
         script = env.expert_vectors()
         while not env.done:
             env.step(env.state() if kind == "do_nothing" else script[min(env.t + 1, len(script) - 1)])
@@ -291,43 +185,45 @@ def offline_metrics(policy: ManiFlowPolicy, store: Path, condition: str, holdout
 
 def eval_key(checkpoint: Path, cfg: EvalConfig) -> str:
     stat = checkpoint.stat()
-    text = json.dumps([checkpoint.name, stat.st_size, stat.st_mtime_ns, asdict(cfg), __version__, MODEL_VERSION],
+    text = json.dumps([checkpoint.name, stat.st_size, stat.st_mtime_ns, cfg.identity(), __version__, MODEL_VERSION],
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def evaluate_run(run, work, cfg: EvalConfig = EvalConfig()) -> dict:
-    """Evaluate one finished run (cached per checkpoint and settings). Returns the result record."""
-    cell = CellRun.read(run)
-    checkpoint = cell.checkpoint()
-    out = cell.run / "eval" / f"{eval_key(checkpoint, cfg)}.json"
+def evaluate_cell(work, cell: Cell, cfg: EvalConfig = EvalConfig()) -> dict:
+    """Evaluate one trained cell (cached per checkpoint and settings). Returns the result record."""
+    workspace = Workspace.of(work)
+    trained = TrainedCell.read(workspace, cell)
+    checkpoint = trained.checkpoint()
+    out = workspace.eval_record(trained.run, eval_key(checkpoint, cfg))
     if out.exists():
         return json.loads(out.read_text())
     device = pick_device(cfg.device)
     policy = load_policy(checkpoint, device)
-    eval_store = cell.eval_store(work, cfg.env)
+    eval_store = workspace.cell_dataset(cell, cfg.env)
     resolution = int(_store_attrs(eval_store)["resolution"])
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    log.info("evaluating %s (%s) on %d %s layouts", cell.run.name, checkpoint.name, cfg.episodes, cfg.env)
-    with simulating(cell.task):
-        loop = closed_loop(policy, cell.condition, evaluation_envs(cell.task, cfg, work), resolution, cfg)
-    strip = cell.run / "eval" / f"{out.stem}-strip.png"
+    log.info("evaluating %s (%s) on %d %s layouts", cell, checkpoint.name, cfg.episodes, cfg.env)
+    simulator = simulator_for(cell.task)
+    with simulator.running(cell.task):
+        loop = closed_loop(policy, cell.condition, simulator.make_envs(cell.task, cfg, workspace), resolution, cfg)
+    strip = out.with_name(f"{out.stem}-strip.png")
     if loop["strips"]:
         write_strip(loop["strips"], loop["success"], strip, cfg.strip_frames)
     history = saved["history"]
     vals = [h["val_loss"] for h in history if h["val_loss"] is not None]
     record = {
-        "run": str(cell.run), "train_env": cell.env, "condition": cell.condition, "task": cell.task,
-        "seed": cell.seed, "checkpoint": checkpoint.name, "eval": asdict(cfg),
-        "model_version": saved["config"].get("model_version", 1),
+        "cell": asdict(cell), "run": str(trained.run), "train_env": cell.env, "condition": cell.condition,
+        "task": cell.task, "seed": cell.seed, "checkpoint": checkpoint.name, "eval": asdict(cfg),
+        "simulator": simulator.title, "model_version": saved["config"].get("model_version", 1),
         "train": {"epochs": saved["epoch"], "steps": saved["step"], "best_val_loss": min(vals) if vals else None,
                   "history": [{k: h[k] for k in ("epoch", "loss", "val_loss")} for h in history]},
-        "offline": offline_metrics(policy, eval_store, cell.condition, cell.holdout, cfg)
-        if cfg.offline and cell.holdout else None,
+        "offline": offline_metrics(policy, eval_store, cell.condition, trained.holdout, cfg)
+        if cfg.offline and trained.holdout else None,
         "closed_loop": {k: loop[k] for k in ("success", "steps", "max_steps")}
         | {"success_rate": float(np.mean(loop["success"]))},
         "strip": str(strip) if loop["strips"] else None,
-        "data": data_provenance(cell.store),
+        "data": data_provenance(trained.store),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, record)
@@ -360,26 +256,27 @@ def write_strip(strips: list[list[np.ndarray]], success: list[bool], out: Path, 
 
 def evaluate_baselines(work, task: str, cfg: EvalConfig = EvalConfig()) -> dict:
     """Do-nothing and expert success on the evaluation layouts of `task` (cached)."""
-    key = hashlib.sha256(json.dumps([task, asdict(cfg), __version__], sort_keys=True,
-                                    default=str).encode()).hexdigest()[:16]
-    out = Path(work) / "eval" / "baselines" / f"{task}-{key}.json"
+    layouts = {"env": cfg.env, "episodes": cfg.episodes, "seed": cfg.seed}
+    key = hashlib.sha256(json.dumps([task, layouts, __version__], sort_keys=True).encode()).hexdigest()[:16]
+    out = Workspace.of(work).baselines(task, key)
     if out.exists():
         return json.loads(out.read_text())
-    with simulating(task):
+    simulator = simulator_for(task)
+    with simulator.running(task):
         record = {kind: baseline(task, kind, cfg, work) for kind in ("do_nothing", "expert")}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, record)
     return record
 
 
-
-def evaluate_runs(work, runs: list, cfg: EvalConfig = EvalConfig(), progress=print) -> tuple[list[dict], dict]:
-    """Evaluate finished runs and the baselines of their tasks: (records, {task: baselines})."""
+def evaluate_cells(work, cells: list[Cell], cfg: EvalConfig = EvalConfig(), progress=print
+                   ) -> tuple[list[dict], dict]:
+    """Evaluate trained cells and the baselines of their tasks: (records, {task: baselines})."""
     records = []
-    for run in runs:
-        records.append(evaluate_run(run, work, cfg))
+    for cell in cells:
+        records.append(evaluate_cell(work, cell, cfg))
         r = records[-1]
-        progress(f"{Path(run).name}: success {100 * r['closed_loop']['success_rate']:.0f}%"
+        progress(f"{cell}: success {100 * r['closed_loop']['success_rate']:.0f}%"
                  + (f", offline action MAE {r['offline']['action_mae']:.4f}" if r["offline"] else ""))
-    baselines = {task: evaluate_baselines(work, task, cfg) for task in sorted({r["task"] for r in records})}
+    baselines = {task: evaluate_baselines(work, task, cfg) for task in sorted({c.task for c in cells})}
     return records, baselines

@@ -42,11 +42,20 @@ import numcodecs
 import numpy as np
 import zarr
 
-from maniflow.robotwin import ARMS, EpisodeArrays, EpisodeError, EpisodeRef, SourceOptions, read_instructions, \
-    scene_info_arm, scene_info_number, select_episodes
+from maniflow.robotwin import (
+    ARMS,
+    EpisodeArrays,
+    EpisodeError,
+    EpisodeRef,
+    SourceOptions,
+    read_instructions,
+    scene_info_arm,
+    scene_info_number,
+    select_episodes,
+)
 from maniflow.robotwin.episode import busiest_arm
-from maniflow.storage import append_frames, code_version, remove_stale_temps, replace_dir, temp_sibling, \
-    write_json
+from maniflow.storage import append_frames, code_version, remove_stale_temps, replace_dir, temp_sibling, write_json
+from maniflow.workspace import Workspace
 
 FORMAT = "maniflow.frames"
 FORMAT_VERSION = 2  # 2: rows are (state, action) pairs of either layout, end poses to the end, provenance
@@ -62,11 +71,6 @@ SMALL_ARRAYS = ("state", "action", *ARM_ARRAYS, *(f"{name}_next" for name in ARM
 
 class IncompleteStoreError(Exception):
     """A store that is missing, of another kind, or was not finished."""
-
-
-def frames_store_path(work, env: str, task: str, camera: str = "head") -> Path:
-    name = task if camera == "head" else f"{task}@{camera}"
-    return Path(work) / "frames" / env / f"{name}.zarr"
 
 
 def parts_dir(store_path: Path) -> Path:
@@ -362,7 +366,7 @@ def extract_task(root, work, env: str, config: str, task: str, camera: str = "he
     """
     refs = select_episodes(root, task, config, source.embodiment, source.layout)
     tcp_offset = source.tcp_offset
-    store = frames_store_path(work, env, task, camera)
+    store = Workspace.of(work).frames(env, task, camera)
     store.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(parts_dir(store))
     remove_stale_temps(store.parent)

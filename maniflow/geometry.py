@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# A path point: (x, y, gripper_state), x = column and y = row in [0, 1] of the full frame;
+# gripper_state 1 open, 0 closed, None when the provider gives none (PEEK).
+Point = tuple[float, float, int | None]
+
 # OpenGL camera axes expressed in OpenCV camera axes (and back: it is its own inverse).
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 

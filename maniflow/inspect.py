@@ -11,8 +11,16 @@ import zarr
 
 from maniflow.frames import FORMAT as FRAMES_FORMAT
 from maniflow.paths.label import LOW_PARSE_SHARE
-from maniflow.robotwin import ARMS, EpisodeError, discover_episodes, open_episode, read_instructions, ref_for_file, \
-    scene_info_arm, scene_info_number
+from maniflow.robotwin import (
+    ARMS,
+    EpisodeError,
+    discover_episodes,
+    open_episode,
+    read_instructions,
+    ref_for_file,
+    scene_info_arm,
+    scene_info_number,
+)
 
 
 def describe(path) -> str:

@@ -24,8 +24,7 @@ import cv2
 import matplotlib
 import numpy as np
 
-from maniflow.geometry import frame_pixels
-from maniflow.paths.protocol import Point
+from maniflow.geometry import Point, frame_pixels
 
 SUBDIVISIONS = 100
 # jet(linspace(0, 1, 100)) as uint8 RGB, as HAMSTER computes it; segment i takes colour i.

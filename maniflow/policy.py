@@ -82,7 +82,7 @@ class Normalizer(nn.Module):
         self.register_buffer("scale", torch.ones(dim))
         self.register_buffer("offset", torch.zeros(dim))
 
-    def fit(self, x: torch.Tensor) -> "Normalizer":
+    def fit(self, x: torch.Tensor) -> Normalizer:
         lo, hi = x.min(dim=0).values, x.max(dim=0).values
         span = hi - lo
         constant = span < self.RANGE_EPS
@@ -213,7 +213,7 @@ class ManiFlowPolicy(nn.Module):
         return self.net(x, t, dt, cond)
 
     # --- training ------------------------------------------------------------------------------
-    def compute_loss(self, batch: dict, teacher: "ManiFlowPolicy", generator: torch.Generator | None = None,
+    def compute_loss(self, batch: dict, teacher: ManiFlowPolicy, generator: torch.Generator | None = None,
                      train: bool = True) -> tuple[torch.Tensor, dict]:
         """Flow matching on the first `flow_share` of the batch, consistency against `teacher`'s
         DiTX on the rest; `batch["action"]` holds model_horizon real actions per window."""

@@ -11,10 +11,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from maniflow.frames import FramesStore, frames_store_path
+from maniflow.frames import FramesStore
 from maniflow.overlay import render_views
-from maniflow.paths.store import PathStore, path_store_dir
+from maniflow.paths.store import PathStore
 from maniflow.storage import temp_sibling
+from maniflow.workspace import Workspace
 
 LABEL_BAR = 18  # pixels of caption above each panel
 
@@ -37,8 +38,8 @@ def contact_sheet(work, env: str, task: str, label: str, out: Path, episode: int
                   num: int = 4) -> Path:
     """PNG with `num` frames of one episode (default the first with paths), each a row of
     original | overlay | path only, captioned with the frame number and its path outcome."""
-    frames = FramesStore(frames_store_path(work, env, task))
-    paths = PathStore(path_store_dir(work, label, env, task))
+    frames = FramesStore(Workspace.of(work).frames(env, task))
+    paths = PathStore(Workspace.of(work).paths(label, env, task))
     numbers = [int(n) for n in frames.episode_index]
     if not paths.episodes():
         raise FileNotFoundError(f"no paths under {paths.dir}; run maniflow paths")
@@ -61,8 +62,8 @@ def contact_sheet(work, env: str, task: str, label: str, out: Path, episode: int
 
 def episode_video(work, env: str, task: str, label: str, episode: int, out: Path, fps: int = 10) -> Path:
     """MP4 of one episode: original and overlay side by side."""
-    frames = FramesStore(frames_store_path(work, env, task))
-    stored = PathStore(path_store_dir(work, label, env, task)).read(episode)
+    frames = FramesStore(Workspace.of(work).frames(env, task))
+    stored = PathStore(Workspace.of(work).paths(label, env, task)).read(episode)
     rgb = frames.rgb([int(n) for n in frames.episode_index].index(episode))
     h, w = rgb.shape[1:3]
     out = Path(out)

@@ -1,12 +1,6 @@
 """The training data path: a dataset store held in memory as uint8, batches by vectorised indexing.
 
-One class for every condition of the matrix:
-
-    original                 current RGB                      ({env}_original_{task}.zarr)
-    overlay_current          current overlay                  ({env}_overlay_{task}.zarr)
-    overlay_initial_current  the episode's frame-0 overlay + current overlay
-    concat_current           current RGB + path image, 6 channels ({env}_concat_{task}.zarr)
-    concat_initial_current   frame 0 and current, 6 channels each
+One class for every model condition (maniflow.conditions).
 
 Sequence windows follow diffusion_policy's sampler: `horizon` consecutive rows starting from
 `n_obs_steps - 1` rows before an episode's first frame up to `n_action_steps - 1` rows past
@@ -18,30 +12,15 @@ processes, hence no worker hangs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import zarr
 
+from maniflow.conditions import CONDITIONS
+
 SLAB = 256  # rows read from disk at a time while loading
-
-
-@dataclass(frozen=True)
-class Condition:
-    dataset: str  # dataset type: original, overlay or concat
-    keys: tuple[str, ...]  # image arrays, concatenated along channels
-    initial: bool  # also the episode's first frame
-
-
-CONDITIONS = {
-    "original": Condition("original", ("image",), False),
-    "overlay_current": Condition("overlay", ("overlay_image",), False),
-    "overlay_initial_current": Condition("overlay", ("overlay_image",), True),
-    "concat_current": Condition("concat", ("image", "path_image"), False),
-    "concat_initial_current": Condition("concat", ("image", "path_image"), True),
-}
 
 
 def window_table(episode_ends: np.ndarray, horizon: int, pad_before: int, pad_after: int) -> np.ndarray:
@@ -64,8 +43,6 @@ class ReplayData:
     """A dataset store in memory (uint8 images, float32 state and action) on `device`."""
 
     def __init__(self, store: Path, condition: str, device: torch.device | str = "cpu"):
-        if condition not in CONDITIONS:
-            raise ValueError(f"condition {condition!r}: choose from {sorted(CONDITIONS)}")
         self.condition = CONDITIONS[condition]
         self.store = Path(store)
         root = zarr.open_group(self.store, mode="r")
@@ -95,7 +72,7 @@ class ReplayData:
     def channels(self) -> int:
         return self.images.shape[1]
 
-    def windows(self, episodes: list[int], horizon: int, n_obs_steps: int, n_action_steps: int) -> "Windows":
+    def windows(self, episodes: list[int], horizon: int, n_obs_steps: int, n_action_steps: int) -> Windows:
         """The sequence windows of the given episodes (positions in the store)."""
         ends = self.episode_ends
         starts = np.concatenate([[0], ends[:-1]])

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from maniflow.maniskill import is_maniskill_task
+from maniflow.conditions import CONDITIONS
 from maniflow.policy import MODEL_VERSION
+from maniflow.simulators import simulator_for
 from maniflow.stats import Estimate, bootstrap, in_words, paired_difference
 from maniflow.storage import temp_sibling, write_json
 
-CONDITION_ORDER = ("original", "overlay_current", "overlay_initial_current", "concat_current",
-                   "concat_initial_current")
 ENV_ORDER = ("cluttered", "clean")
 
 
@@ -77,7 +76,7 @@ def answers(records: list[dict]) -> list[tuple[str, list[str]]]:
                      "current overlay only") for e in envs]
     out.append(("Does the initial-frame overlay help? (memory under occlusion)", [x for x in lines if x]))
     lines = [compare(("cluttered", c), ("clean", c), f"training on cluttered ({c})", "training on clean")
-             for c in CONDITION_ORDER]
+             for c in CONDITIONS.names()]
     out.append(("Clean vs cluttered training, evaluated on cluttered scenes", [x for x in lines if x]))
     return out
 
@@ -106,17 +105,17 @@ def build_report(records: list[dict], baselines: dict[str, dict], out, title: st
     (tmp / "strips").mkdir(parents=True)
     cells = _outcomes(records)
     envs = [e for e in ENV_ORDER if any(k[0] == e for k in cells)]
-    conditions = [c for c in CONDITION_ORDER if any(k[1] == c for k in cells)]
+    conditions = [c for c in CONDITIONS.names() if any(k[1] == c for k in cells)]
     tasks = sorted({k[2] for k in cells} | set(baselines))
     seeds = sorted({r["seed"] for r in records})
     eval_cfg = records[0]["eval"] if records else {}
 
-    simulators = " and ".join(sorted({"ManiSkill 3 (SAPIEN, CPU)" if is_maniskill_task(t) else
-                                      "the synthetic environment" for t in tasks}))
+    simulators = " and ".join(sorted({simulator_for(t).title for t in tasks}))
+    path_source = (eval_cfg.get("paths") or {}).get("label") or (eval_cfg.get("paths") or {}).get("kind", "?")
     md = [f"# {title}", ""]
     md += [f"Evaluated in closed loop on **{eval_cfg.get('env', 'cluttered')}** scenes of {simulators}: "
            f"{eval_cfg.get('episodes', '?')} layouts per task (seed {eval_cfg.get('seed', '?')}, the same for every "
-           f"cell), training seeds {seeds}, paths from `{eval_cfg.get('provider', '?')}`, "
+           f"cell), training seeds {seeds}, paths from `{path_source}`, "
            f"{eval_cfg.get('execute_steps', '?')} actions executed per predicted chunk. "
            "Success rates are means over seeds and episodes with 95% bootstrap intervals; "
            "action error is the offline MAE (joint units) on held-out cluttered episodes. "
@@ -253,7 +252,7 @@ def _training_curves(path: Path, records: list[dict]):
 
     tasks = sorted({r["task"] for r in records})
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.5), squeeze=False)
-    colours = {c: f"C{i}" for i, c in enumerate(CONDITION_ORDER)}
+    colours = {c: f"C{i}" for i, c in enumerate(CONDITIONS.names())}
     for ax, task in zip(axes[0], tasks):
         for r in records:
             if r["task"] != task:

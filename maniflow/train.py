@@ -32,10 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maniflow.datasets import DEFAULT_LABEL
+from maniflow.conditions import CONDITIONS
 from maniflow.policy import MODEL_VERSION, ManiFlowPolicy, Normalizer, PolicyConfig
-from maniflow.replay import CONDITIONS, ReplayData, Windows
-from maniflow.storage import temp_sibling
+from maniflow.replay import ReplayData, Windows
+from maniflow.settings import TrainOptions
+from maniflow.storage import temp_sibling, write_json
+from maniflow.workspace import Cell, Workspace
 
 log = logging.getLogger("maniflow.train")
 
@@ -92,12 +94,6 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def run_name(env: str, condition: str, task: str, preset: str, seed: int, label: str = DEFAULT_LABEL) -> str:
-    """`{env}_{condition}[-label]_{task}_{preset}_seed{seed}`: one cell of the matrix."""
-    suffix = "" if label == DEFAULT_LABEL else f"-{label}"
-    return f"{env}_{condition}{suffix}_{task}_{preset}_seed{seed}"
-
-
 def run_finished(run) -> bool:
     """Whether a run directory holds a finished training (all configured epochs done) of this
     model version."""
@@ -112,9 +108,16 @@ def run_finished(run) -> bool:
         return False
 
 
-def finished_runs(work, preset: str) -> list[Path]:
-    """The finished runs of a preset under `{work}/runs`."""
-    return [p for p in sorted((Path(work) / "runs").glob(f"*_{preset}_seed*")) if run_finished(p)]
+def cell_finished(work, cell: Cell) -> bool:
+    return run_finished(Workspace.of(work).run(cell))
+
+
+def train_cell(work, cell: Cell, options: TrainOptions = TrainOptions(),
+               progress: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train (or resume) one cell of the matrix on its dataset, into its run directory."""
+    workspace = Workspace.of(work)
+    return train(workspace.cell_dataset(cell), cell.condition, workspace.run(cell), options.resolve(cell), progress,
+                 cell=cell)
 
 
 def pick_device(name: str) -> torch.device:
@@ -186,12 +189,13 @@ class TrainResult:
 
 
 def train(store: Path, condition: str, run: Path, cfg: TrainConfig = PRESETS["paper"],
-          progress: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train (or resume) the policy for `condition` on the dataset `store` into `run`."""
+          progress: Callable[[dict], None] | None = None, cell: Cell | None = None) -> TrainResult:
+    """Train (or resume) the policy for `condition` on the dataset `store` into `run`; `cell`
+    (recorded in config.json) is the matrix cell the run trains, when it is one."""
     run, store = Path(run), Path(store)
     device = pick_device(cfg.device)
     config_record = {"store": str(store), "condition": condition, "model_version": MODEL_VERSION,
-                     "train": _jsonable(cfg)}
+                     "train": _jsonable(cfg), **({"cell": asdict(cell)} if cell else {})}
     _archive_other_model_version(run)
     ckpts = run / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)
@@ -199,7 +203,7 @@ def train(store: Path, condition: str, run: Path, cfg: TrainConfig = PRESETS["pa
     saved = torch.load(latest, map_location=device, weights_only=True) if latest.exists() else None
     if saved is not None and _what_it_computes(saved["config"]) != _what_it_computes(config_record):
         raise ValueError(f"{run} holds a run with another configuration; use another run directory")
-    (run / "config.json").write_text(json.dumps(config_record, indent=1))
+    write_json(run / "config.json", config_record)
     if saved is None:
         _drop_stale_topk(ckpts, [])  # written before a kill that came before any latest.ckpt
         _write_metrics(run / "metrics.jsonl", [])
@@ -337,7 +341,9 @@ def _check_finite(values: torch.Tensor, epoch: int, step: int, latest: Path, wha
 
 
 def _what_it_computes(config_record: dict) -> dict:
-    return {**config_record, "train": {k: v for k, v in config_record["train"].items() if k not in RUN_MECHANICS}}
+    """The record less run mechanics and the cell (which names what the rest computes)."""
+    return {**{k: v for k, v in config_record.items() if k != "cell"},
+            "train": {k: v for k, v in config_record["train"].items() if k not in RUN_MECHANICS}}
 
 
 def _archive_other_model_version(run: Path) -> None:

@@ -18,13 +18,15 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from maniflow import __version__
-from maniflow.datasets import DatasetConfig, assemble_datasets, dataset_path, render_episode, render_inputs
-from maniflow.frames import FramesStore, extract_task, frames_store_path
-from maniflow.paths.client import ClientConfig, NoEndpointAvailable
-from maniflow.paths.label import ProviderConfig, label_paths
-from maniflow.paths.store import PathStore, path_store_dir
+from maniflow.datasets import assemble_datasets, render_episode, render_inputs
+from maniflow.frames import FramesStore, extract_task
+from maniflow.paths.client import NoEndpointAvailable
+from maniflow.paths.label import label_paths
+from maniflow.paths.store import PathStore
 from maniflow.previews import contact_sheet
-from maniflow.robotwin import SourceOptions, select_episodes
+from maniflow.robotwin import select_episodes
+from maniflow.settings import CAMERA, PrepareJob
+from maniflow.workspace import Workspace
 
 
 def cache_key(*parts) -> str:
@@ -37,7 +39,7 @@ class PathsIncomplete(RuntimeError):
     """Some frames got no answer (endpoints failing); asking again later may complete them."""
 
 
-def _transient(task_, run, state) -> bool:
+def transient(task_, run, state) -> bool:
     """Retry endpoint trouble, never deterministic failures (bad input, bad configuration)."""
     try:
         state.result()
@@ -48,12 +50,21 @@ def _transient(task_, run, state) -> bool:
     return False
 
 
+def _frames(job: PrepareJob) -> FramesStore:
+    return FramesStore(Workspace(job.work).frames(job.env, job.task, CAMERA))
+
+
+def _row(frames: FramesStore, number: int) -> int:
+    return [int(n) for n in frames.episode_index].index(number)
+
+
 # --- extract ----------------------------------------------------------------------------------
 
 def _extract_key(ctx, p) -> str:
-    refs = select_episodes(p["root"], p["task_name"], p["config"], p["source"].embodiment, p["source"].layout)
-    return cache_key("extract", str(p["root"]), str(p["work"]), p["env"], p["config"], p["task_name"],
-                     p["camera"], asdict(p["source"]),
+    job: PrepareJob = p["job"]
+    source = job.cfg.source
+    refs = select_episodes(job.root, job.task, job.config_name, source.embodiment, source.layout)
+    return cache_key("extract", job.root, job.work, job.env, job.config_name, job.task, CAMERA, asdict(source),
                      [[r.index, r.fingerprint()] for r in refs], _stats({r.scene_info_path for r in refs}))
 
 
@@ -64,12 +75,11 @@ def _stats(paths) -> list:
 
 
 @task(name="extract", cache_key_fn=_extract_key, persist_result=True, result_serializer="json",
-      task_run_name="extract {env}/{task_name}")
-def extract(root: str, work: str, env: str, config: str, task_name: str, source: SourceOptions = SourceOptions(),
-            camera: str = "head") -> dict:
+      task_run_name="extract {job}")
+def extract(job: PrepareJob) -> dict:
     """Decode the episodes of (env, task) into its frames store; bad episodes are quarantined
     (recorded, not retried)."""
-    report = extract_task(root, work, env, config, task_name, camera, source=source)
+    report = extract_task(job.root, job.work, job.env, job.config_name, job.task, CAMERA, source=job.cfg.source)
     frames = FramesStore(report.store)
     return {"store": str(report.store), "frames": report.frames,
             "episodes": [int(n) for n in frames.episode_index],
@@ -78,79 +88,73 @@ def extract(root: str, work: str, env: str, config: str, task_name: str, source:
 
 # --- paths ------------------------------------------------------------------------------------
 
-def _episode_record(work, env, task_name, number: int, camera: str = "head") -> dict:
-    frames = FramesStore(frames_store_path(work, env, task_name, camera))
-    return frames.episodes[[int(n) for n in frames.episode_index].index(number)]
-
-
 def _label_key(ctx, p) -> str:
-    provider: ProviderConfig = p["provider"]
-    record = _episode_record(p["work"], p["env"], p["task_name"], p["number"])
-    return cache_key("paths", str(p["work"]), p["env"], p["task_name"], p["number"],
-                     provider.source_fingerprint(record), record["frames"],
-                     provider.name, provider.identity(), provider.coords, p["fallback"])
+    job: PrepareJob = p["job"]
+    provider = job.cfg.provider
+    frames = _frames(job)
+    record = frames.episodes[_row(frames, p["number"])]
+    return cache_key("paths", job.work, job.env, job.task, p["number"], provider.source_fingerprint(record),
+                     record["frames"], provider.name, provider.identity(), provider.coords, provider.fallback)
 
 
+# Retries (how many, how long apart) are the flow's settings: `prepare_data` sets them.
 @task(name="label-paths", cache_key_fn=_label_key, persist_result=True, result_serializer="json",
-      retries=2, retry_delay_seconds=[30, 120], retry_condition_fn=_transient,
-      task_run_name="paths {env}/{task_name} episode {number}")
-def label_episode(work: str, env: str, task_name: str, number: int, provider: ProviderConfig,
-                  client: ClientConfig | None, fallback: str = "nearest") -> dict:
+      retry_condition_fn=transient, task_run_name="paths {job} episode {number}")
+def label_episode(job: PrepareJob, number: int) -> dict:
     """Label one episode; fails (and is retried) while frames still have no answer."""
     # The task's summary.json is written once, by `assemble`, not by every episode.
-    report = label_paths(work, env, task_name, provider, client, fallback=fallback, episodes=[number],
-                         summary=False)
+    report = label_paths(job.work, job.env, job.task, job.cfg.provider, job.cfg.client_for(job.work),
+                         camera=CAMERA, episodes=[number], summary=False)
     stats = report.total
     if stats["error"]:
-        raise PathsIncomplete(f"{env}/{task_name} episode {number}: {stats['error']} frames got no answer "
+        raise PathsIncomplete(f"{job} episode {number}: {stats['error']} frames got no answer "
                               f"({stats['reasons']}); the answered ones are kept")
     return {"episode": number, "stats": stats}
 
 
-def publish_preview(work: str, env: str, task_name: str, label: str, summary: dict) -> None:
+def publish_preview(job: PrepareJob, summary: dict) -> None:
     """Markdown artifact: the task's path-parse statistics and an overlay contact sheet."""
-    sheet = contact_sheet(work, env, task_name, label, dataset_path(work, env, "overlay", task_name, label).parent
-                          / "previews" / f"{env}_{task_name}-{label}.png")
+    label = job.cfg.provider.name
+    sheet = contact_sheet(job.work, job.env, job.task, label, Workspace(job.work).preview(job.env, job.task, label))
     parsed = 100 * summary["total"]["parsed_share"]
     rows = "\n".join(f"| {n} | {s['frames']} | {s['ok']} | {s['repaired']} | {s['failed']} | {s['error']} |"
                      for n, s in summary["episodes"].items())
     image = base64.b64encode(sheet.read_bytes()).decode()
-    key = "".join(c if c.isalnum() else "-" for c in f"paths-{env}-{task_name}-{label}".lower())
+    key = "".join(c if c.isalnum() else "-" for c in f"paths-{job.env}-{job.task}-{label}".lower())
     create_markdown_artifact(
-        f"### Paths {env}/{task_name} [{label}]: {parsed:.1f}% parsed\n\n"
+        f"### Paths {job} [{label}]: {parsed:.1f}% parsed\n\n"
         f"| episode | frames | ok | repaired | failed | no answer |\n|---|---|---|---|---|---|\n{rows}\n\n"
         f"![overlay preview](data:image/png;base64,{image})", key=key,
-        description=f"path statistics and overlay preview of {env}/{task_name}")
+        description=f"path statistics and overlay preview of {job}")
 
 
 # --- datasets -----------------------------------------------------------------------------------
 
 def _render_key(ctx, p) -> str:
-    frames = FramesStore(frames_store_path(p["work"], p["env"], p["task_name"]))
-    index = [int(n) for n in frames.episode_index].index(p["number"])
-    return cache_key("render", str(p["work"]), p["env"], p["task_name"], p["label"], p["number"],
-                     render_inputs(p["work"], p["env"], p["task_name"], p["label"], index, p["config"], frames))
+    job: PrepareJob = p["job"]
+    frames = _frames(job)
+    label = job.cfg.provider.name
+    return cache_key("render", job.work, job.env, job.task, label, p["number"],
+                     render_inputs(job.work, job.env, job.task, label, _row(frames, p["number"]), job.cfg.dataset,
+                                   frames))
 
 
 @task(name="render", cache_key_fn=_render_key, persist_result=True, result_serializer="json",
-      task_run_name="render {env}/{task_name} episode {number}")
-def render(work: str, env: str, task_name: str, label: str, number: int, config: DatasetConfig,
-           labelled: dict | None = None) -> dict:
+      task_run_name="render {job} episode {number}")
+def render(job: PrepareJob, number: int, labelled: dict | None = None) -> dict:
     """Draw one episode's dataset parts. `labelled` only orders it after its paths."""
-    frames = FramesStore(frames_store_path(work, env, task_name))
-    index = [int(n) for n in frames.episode_index].index(number)
-    return render_episode(work, env, task_name, label, index, config)
+    return render_episode(job.work, job.env, job.task, job.cfg.provider.name, _row(_frames(job), number),
+                          job.cfg.dataset)
 
 
-@task(name="assemble", persist_result=False, task_run_name="assemble {env}/{task_name}")
-def assemble(work: str, env: str, task_name: str, label: str, numbers: list[int], config: DatasetConfig,
-             rendered: list[dict] | None = None) -> dict:
+@task(name="assemble", persist_result=False, task_run_name="assemble {job}")
+def assemble(job: PrepareJob, numbers: list[int], rendered: list[dict] | None = None) -> dict:
     """Write the task's path summary and the original, overlay and concat stores (a no-op when
     they are up to date)."""
-    summary = PathStore(path_store_dir(work, label, env, task_name)).write_summary(
-        {"env": env, "task": task_name, "camera": "head"})
-    stores, assembled = assemble_datasets(work, env, task_name, label, numbers, config)
+    label = job.cfg.provider.name
+    paths = Workspace(job.work).paths(label, job.env, job.task)
+    summary = PathStore(paths).write_summary({"env": job.env, "task": job.task, "camera": CAMERA})
+    stores, assembled = assemble_datasets(job.work, job.env, job.task, label, numbers, job.cfg.dataset)
     if assembled:
-        publish_preview(work, env, task_name, label, summary)
-    return {"stores": {k: str(v) for k, v in stores.items()}, "assembled": assembled,
-            "paths": str(path_store_dir(work, label, env, task_name))}
+        publish_preview(job, summary)
+    return {"stores": {k: str(v) for k, v in stores.items()}, "assembled": assembled, "paths": str(paths)}

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import pytest
 
 MANIFLOW = str(Path(sys.executable).with_name("maniflow"))
 
@@ -26,6 +27,7 @@ def test_help_for_every_subcommand():
         assert "usage: maniflow " + command in text and "--" in text
 
 
+@pytest.mark.slow
 def test_generate_extract_inspect_round_trip(tmp_path):
     data, work = tmp_path / "data", tmp_path / "work"
     out = run("generate", "--out", data, "--tasks", "turn_switch", "--envs", "cluttered", "--episodes", "3").stdout
@@ -54,6 +56,7 @@ def test_generate_extract_inspect_round_trip(tmp_path):
     assert "2 episodes" in text and "QUARANTINED episode1: missing_key" in text
 
 
+@pytest.mark.slow
 def test_errors_are_messages_not_tracebacks(tmp_path):
     result = run("inspect", tmp_path / "missing.hdf5", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "missing.hdf5" in result.stderr

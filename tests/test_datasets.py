@@ -3,6 +3,7 @@ between the types, provenance, reuse, and a run killed mid-write."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -15,13 +16,15 @@ import numpy as np
 import pytest
 import zarr
 
-from maniflow.datasets import DatasetConfig, dataset_name, dataset_path, part_dir, render_task, resize_frames
-from maniflow.frames import FramesStore, frames_store_path
+from maniflow.datasets import render_task, resize_frames
+from maniflow.frames import FramesStore
 from maniflow.overlay import render_views
 from maniflow.paths.label import ProviderConfig, label_paths
 from maniflow.paths.oracle import AT_REST
-from maniflow.paths.store import PathStore, path_store_dir
+from maniflow.paths.store import PathStore
 from maniflow.previews import contact_sheet, episode_video
+from maniflow.settings import DatasetConfig
+from maniflow.workspace import Workspace
 
 MANIFLOW = str(Path(sys.executable).with_name("maniflow"))
 ENV, TASK = "cluttered", "click_bell"
@@ -36,16 +39,16 @@ def labelled(work_copy):
 
 
 def test_names_keep_non_default_providers_apart():
-    assert dataset_name("clean", "overlay", "beat_block_hammer") == "clean_overlay_beat_block_hammer.zarr"
-    assert dataset_name("clean", "overlay", "click_bell", "oracle") == "clean_overlay-oracle_click_bell.zarr"
-    assert dataset_name("clean", "original", "click_bell", "oracle") == "clean_original_click_bell.zarr"
+    assert Workspace.dataset_name("clean", "overlay", "beat_block_hammer") == "clean_overlay_beat_block_hammer.zarr"
+    assert Workspace.dataset_name("clean", "overlay", "click_bell", "oracle") == "clean_overlay-oracle_click_bell.zarr"
+    assert Workspace.dataset_name("clean", "original", "click_bell", "oracle") == "clean_original_click_bell.zarr"
     with pytest.raises(ValueError, match="dataset type"):
-        dataset_name("clean", "depth", "click_bell")
+        Workspace.dataset_name("clean", "depth", "click_bell")
 
 
 def test_layout_and_replay_buffer_semantics(labelled):
     report = render_task(labelled, ENV, TASK)
-    frames = FramesStore(frames_store_path(labelled, ENV, TASK))
+    frames = FramesStore(Workspace.of(labelled).frames(ENV, TASK))
     rows = np.arange(frames.num_frames)  # every frames-store row is a (state, action) pair
     assert report.rows == frames.num_frames
     assert {k: p.name for k, p in report.stores.items()} == {
@@ -71,8 +74,8 @@ def test_layout_and_replay_buffer_semantics(labelled):
 
 def test_types_differ_only_by_the_path(labelled):
     report = render_task(labelled, ENV, TASK)
-    frames = FramesStore(frames_store_path(labelled, ENV, TASK))
-    paths = PathStore(path_store_dir(labelled, "hamster", ENV, TASK))
+    frames = FramesStore(Workspace.of(labelled).frames(ENV, TASK))
+    paths = PathStore(Workspace.of(labelled).paths("hamster", ENV, TASK))
     original = zarr.open_group(report.stores["original"], mode="r")
     overlay = zarr.open_group(report.stores["overlay"], mode="r")
     concat = zarr.open_group(report.stores["concat"], mode="r")
@@ -105,7 +108,7 @@ def test_provenance_and_float32_option(labelled):
     assert attrs["paths"]["provider"] == ProviderConfig(kind="oracle").identity()
     stats = attrs["paths"]["stats"]
     assert stats["ok"] + stats["reasons"].get(AT_REST, 0) == stats["frames"]
-    frames = FramesStore(frames_store_path(labelled, ENV, TASK))
+    frames = FramesStore(Workspace.of(labelled).frames(ENV, TASK))
     assert [e["episode"] for e in attrs["source"]["episodes"]] == [int(n) for n in frames.episode_index]
     assert attrs["source"]["synthetic"] is True and attrs["code_version"]["maniflow"]
     image = root["data/overlay_image"][:4]
@@ -119,15 +122,15 @@ def test_rerun_redoes_only_changed_episodes_and_flags_empty_paths(labelled):
     again = render_task(labelled, ENV, TASK)
     assert {s["status"] for s in again.statuses} == {"reused"} and not again.assembled
     # Episode 0's paths change: no path on frame 3 (a failed answer with fallback "none").
-    store = PathStore(path_store_dir(labelled, "hamster", ENV, TASK))
-    frames = FramesStore(frames_store_path(labelled, ENV, TASK))
+    store = PathStore(Workspace.of(labelled).paths("hamster", ENV, TASK))
+    frames = FramesStore(Workspace.of(labelled).frames(ENV, TASK))
     number = int(frames.episode_index[0])
     provider = ProviderConfig(kind="oracle", label="hamster")
     answers = store.load_answers(number, provider.source_fingerprint(frames.episodes[0]))
     answers[3]["raw"] = "I do not know."
     from maniflow.paths.label import finish_episode
-    finish_episode(store, frames, 0, provider, answers, fallback="none")
-    original_part = part_dir(labelled, ENV, TASK, "original", number) / "record.json"
+    finish_episode(store, frames, 0, dataclasses.replace(provider, fallback="none"), answers)
+    original_part = Workspace.of(labelled).dataset_part(ENV, TASK, "original", number) / "record.json"
     before = original_part.stat().st_mtime_ns
     third = render_task(labelled, ENV, TASK)
     assert [s["status"] for s in third.statuses] == ["rendered", "reused", "reused"]
@@ -142,9 +145,9 @@ def test_rerun_redoes_only_changed_episodes_and_flags_empty_paths(labelled):
 
 
 def test_episodes_without_paths_are_left_out_of_every_type(labelled):
-    frames = FramesStore(frames_store_path(labelled, ENV, TASK))
+    frames = FramesStore(Workspace.of(labelled).frames(ENV, TASK))
     last = int(frames.episode_index[-1])
-    PathStore(path_store_dir(labelled, "hamster", ENV, TASK)).episode_file(last).unlink()
+    PathStore(Workspace.of(labelled).paths("hamster", ENV, TASK)).episode_file(last).unlink()
     report = render_task(labelled, ENV, TASK)
     assert report.missing_paths == [last]
     for store in report.stores.values():
@@ -152,6 +155,7 @@ def test_episodes_without_paths_are_left_out_of_every_type(labelled):
         assert last not in root["meta/episode_index"][:].tolist()
 
 
+@pytest.mark.slow
 def test_killed_render_never_leaves_a_store_that_looks_complete(labelled, tmp_path):
     proc = subprocess.Popen([MANIFLOW, "render", "--work", str(labelled), "--envs", ENV, "--tasks", TASK,
                              "--resolution", "448", "--no-preview"],
@@ -166,7 +170,7 @@ def test_killed_render_never_leaves_a_store_that_looks_complete(labelled, tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     for kind in ("original", "overlay", "concat"):
-        store = dataset_path(labelled, ENV, kind, TASK)
+        store = Workspace.of(labelled).dataset(ENV, kind, TASK)
         if store.exists():
             assert zarr.open_group(store, mode="r").attrs.get("complete") is True
     resumed = render_task(labelled, ENV, TASK, config=DatasetConfig(resolution=448))
@@ -182,7 +186,7 @@ def test_contact_sheet_and_video(labelled, tmp_path):
     sheet = contact_sheet(labelled, ENV, TASK, "hamster", tmp_path / "sheet.png")
     img = cv2.imread(str(sheet))
     assert img.shape == (4 * (240 + 18), 3 * 320, 3)
-    frames = FramesStore(frames_store_path(labelled, ENV, TASK))
+    frames = FramesStore(Workspace.of(labelled).frames(ENV, TASK))
     number = int(frames.episode_index[0])
     video = episode_video(labelled, ENV, TASK, "hamster", number, tmp_path / "ep.mp4")
     cap = cv2.VideoCapture(str(video))
@@ -201,6 +205,7 @@ def test_resize_is_antialiased():
     assert out.shape == (1, 3, 120, 120) and np.abs(out[0, :, 2:-2, 2:-2].astype(int) - 127).max() <= 2
 
 
+@pytest.mark.slow
 def test_cli_render_writes_datasets_and_previews(labelled):
     result = subprocess.run([MANIFLOW, "render", "--work", str(labelled), "--envs", ENV, "--tasks", TASK,
                              "--label", "oracle", "--video", "0"], capture_output=True, text=True, timeout=300)

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from maniflow.evaluate import EvalConfig, baseline
+from maniflow.evaluate import baseline
+from maniflow.settings import EvalConfig
 from maniflow.stats import bootstrap, in_words, paired_difference
 from maniflow.synthetic.env import ARM_OFFSET, EnvConfig, TabletopEnv
 from maniflow.synthetic.tasks import TASKS
@@ -74,15 +75,15 @@ def test_bootstrap_interval_and_paired_difference():
     assert "trails" in in_words("a", "b", paired_difference(x, better))
 
 
+@pytest.mark.slow
 def test_closed_loop_paths_can_come_from_a_vlm_server_over_http(small_work, path_server):
     """The VLM path source speaks the HAMSTER protocol to a real loopback server: one request
     per observed frame, answers parsed into full-frame paths."""
-    from maniflow.evaluate import VLMPaths
     from maniflow.paths.client import ClientConfig
     from maniflow.paths.label import ProviderConfig
 
     server = path_server(small_work, 2)
-    source = VLMPaths(ProviderConfig(kind="hamster"), ClientConfig(endpoints=server.urls))
+    source = ProviderConfig(kind="hamster").closed_loop(ClientConfig(endpoints=server.urls))
     envs = [TabletopEnv("click_bell", "cluttered", i) for i in range(3)]
     paths = source(envs, [e.observe().rgb for e in envs])
     assert len(paths) == 3 and all(len(p) >= 2 for p in paths)

@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 import zarr
 
-from maniflow.frames import FramesStore, IncompleteStoreError, assemble_frames_store, extract_task, \
-    frames_store_path, part_path, parts_dir
+from maniflow.frames import FramesStore, IncompleteStoreError, assemble_frames_store, extract_task, part_path, parts_dir
 from maniflow.robotwin import KEYS, RoboTwinEpisode, discover_episodes
 from maniflow.storage import temp_sibling
 from maniflow.synthetic import GeneratorConfig, generate_dataset
-
+from maniflow.workspace import Workspace
 
 
 def _extract(root, work, task="click_bell", env="clean", config="demo_clean", **kw):
@@ -31,7 +30,7 @@ def test_store_holds_every_pair_exactly(small_root, tmp_path):
     report = _extract(small_root, tmp_path, task="open_microwave", env="cluttered", config="demo_randomized")
     assert report.count("extracted") == 3 and not report.quarantined
     store = FramesStore(report.store)
-    assert report.store == frames_store_path(tmp_path, "cluttered", "open_microwave")
+    assert report.store == Workspace.of(tmp_path).frames("cluttered", "open_microwave")
     refs = discover_episodes(small_root, ["open_microwave"], ["demo_randomized"])
     assert list(store.episode_index) == [r.index for r in refs]
     assert store.attrs["synthetic"] is True and store.attrs["complete"] is True
@@ -155,7 +154,7 @@ def test_rerun_reuses_unchanged_and_redoes_changed_episodes(small_root, tmp_path
 
 def test_unfinished_store_is_never_trusted(small_root, tmp_path):
     work = tmp_path / "work"
-    store_path = frames_store_path(work, "clean", "click_bell")
+    store_path = Workspace.of(work).frames("clean", "click_bell")
     store_path.parent.mkdir(parents=True)
     # What a kill leaves behind: a store without the completion mark, and a half-written part.
     zarr.open_group(store_path, mode="w", zarr_format=2).attrs.update({"format": "maniflow.frames"})
@@ -171,13 +170,14 @@ def test_unfinished_store_is_never_trusted(small_root, tmp_path):
     assert not [p for p in parts_dir(store_path).iterdir() if ".tmp-" in p.name]
 
 
+@pytest.mark.slow
 def test_extraction_killed_midway_resumes_without_redoing_finished_episodes(tmp_path):
     """A real SIGKILL during `maniflow extract`; the rerun trusts only finished episodes."""
     root = tmp_path / "root"
     generate_dataset(root, GeneratorConfig(tasks=("place_object_stand",), envs=("clean",), episodes=8,
                                            seed=5, step_m=0.006), progress=lambda _: None)
     work = tmp_path / "work"
-    store_path = frames_store_path(work, "clean", "place_object_stand")
+    store_path = Workspace.of(work).frames("clean", "place_object_stand")
     proc = subprocess.Popen([sys.executable, "-m", "maniflow.cli", "extract", "--root", str(root),
                              "--work", str(work), "--envs", "clean", "--workers", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,8 +1,16 @@
 import numpy as np
 
-from maniflow.geometry import cam2world_gl_from_extrinsic_cv, camera_position, euler_to_matrix, \
-    intrinsics_from_fovy, look_at_extrinsic_cv, matrix_to_euler, matrix_to_quat_wxyz, project_points, \
-    quat_wxyz_to_matrix
+from maniflow.geometry import (
+    cam2world_gl_from_extrinsic_cv,
+    camera_position,
+    euler_to_matrix,
+    intrinsics_from_fovy,
+    look_at_extrinsic_cv,
+    matrix_to_euler,
+    matrix_to_quat_wxyz,
+    project_points,
+    quat_wxyz_to_matrix,
+)
 
 
 def test_head_camera_intrinsics_match_robotwin():

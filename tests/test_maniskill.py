@@ -25,6 +25,8 @@ from maniflow.policy import PolicyConfig  # noqa: E402
 from maniflow.robotwin import RoboTwinEpisode  # noqa: E402
 from maniflow.train import PRESETS, train  # noqa: E402
 
+pytestmark = pytest.mark.slow  # servers, workers or simulators: `make test-fast` skips them
+
 TASK, ENV, CAMERA = "pick_cube", "cluttered", 64
 TINY = replace(PRESETS["demo"], policy=PolicyConfig(image_size=32, encoder="test_resnet", dim=32, depth=1, heads=2,
                                                      dropout=0.0, inference_steps=2, horizon=8, n_action_steps=8),
@@ -74,8 +76,9 @@ def test_generated_episodes_are_robotwin_episodes_of_the_expert(generated):
 def test_round_trip_pipeline_training_and_closed_loop_evaluation(generated, tmp_path):
     """Extract -> oracle paths -> overlay datasets -> a short training -> a two-episode closed-loop
     evaluation in ManiSkill, all with the pipeline's own commands, unchanged."""
-    from maniflow.datasets import dataset_path
-    from maniflow.evaluate import EvalConfig, evaluate_baselines, evaluate_run
+    from maniflow.evaluate import evaluate_baselines, evaluate_cell
+    from maniflow.settings import EvalConfig
+    from maniflow.workspace import Cell, Workspace
 
     root, _ = generated
     work = tmp_path / "work"
@@ -83,16 +86,17 @@ def test_round_trip_pipeline_training_and_closed_loop_evaluation(generated, tmp_
     assert cli(["paths", "--provider", "oracle", "--work", str(work), "--tasks", TASK, "--envs", ENV]) == 0
     assert cli(["render", "--work", str(work), "--label", "oracle", "--resolution", "32", "--tasks", TASK,
                 "--envs", ENV]) == 0
-    store = dataset_path(work, ENV, "overlay", TASK, "oracle")
+    store = Workspace.of(work).dataset(ENV, "overlay", TASK, "oracle")
     data = zarr.open_group(store, mode="r")
     assert data["data/state"].shape[1] == 8 and data["data/overlay_image"].shape[1:] == (3, 32, 32)
 
-    run = work / "runs" / "tiny"
-    result = train(store, "overlay_current", run, TINY)
+    cell = Cell(env=ENV, condition="overlay_current", task=TASK, preset="demo", label="oracle")
+    result = train(store, cell.condition, Workspace(work).run(cell), TINY, cell=cell)
     assert result.epochs == 1 and np.isfinite(result.history[-1]["loss"])
 
     cfg = EvalConfig(env=ENV, episodes=2, execute_steps=8, strips=1, strip_frames=4)
-    record = evaluate_run(run, work, cfg)
+    record = evaluate_cell(work, cell, cfg)
+    assert record["simulator"] == "ManiSkill 3 (SAPIEN, CPU)"
     loop = record["closed_loop"]
     assert len(loop["success"]) == 2 and all(0 < s <= m for s, m in zip(loop["steps"], loop["max_steps"]))
     assert Path(record["strip"]).exists() and record["offline"]["episodes"] == [1]
@@ -115,7 +119,8 @@ def test_an_existing_replay_trajectory_file_imports(generated, tmp_path):
         (work / name).write_bytes((plan / name).read_bytes())
     # ManiSkill's own tool, in this process (the variant is registered here); observations off,
     # as the importer renders from the env states anyway (rgb adds only rendering time).
-    from mani_skill.trajectory.replay_trajectory import main as replay_main, parse_args
+    from mani_skill.trajectory.replay_trajectory import main as replay_main
+    from mani_skill.trajectory.replay_trajectory import parse_args
     replay_main(parse_args(["--traj-path", str(work / "trajectory.h5"), "--save-traj", "--target-control-mode",
                             "pd_ee_delta_pose", "--obs-mode", "none", "-b", "cpu", "--count", "1"]))
     replayed = next(work.glob("trajectory.none.pd_ee_delta_pose.*.h5"))

@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maniflow.frames import FramesStore, frames_store_path
+from maniflow.frames import FramesStore
 from maniflow.paths.client import ClientConfig, NoEndpointAvailable
 from maniflow.paths.label import ProviderConfig, label_paths
-from maniflow.paths.protocol import crop_to_frame, frame_to_crop, jpeg_data_url, decode_data_url
+from maniflow.paths.protocol import crop_to_frame, decode_data_url, frame_to_crop, jpeg_data_url
 from maniflow.paths.store import PathStore
+from maniflow.workspace import Workspace
+
+pytestmark = pytest.mark.slow  # servers, workers or simulators: `make test-fast` skips them
 
 MANIFLOW = str(Path(sys.executable).with_name("maniflow"))
 FAST = dict(backoff_s=0.02, probe_after_s=0.3, give_up_after_s=2.0, timeout_s=10.0)
@@ -212,7 +215,7 @@ def test_killed_run_resumes_asking_only_what_is_missing(work_copy, path_server):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     asked_before = server.stats()["answered"]
-    frames = FramesStore(frames_store_path(work_copy, "clean", "open_microwave"))
+    frames = FramesStore(Workspace.of(work_copy).frames("clean", "open_microwave"))
     store = PathStore(store_dir)
     kept = {int(n): store.load_answers(int(n), rec["fingerprint"])
             for n, rec in zip(frames.episode_index, frames.episodes)}
@@ -232,7 +235,7 @@ def test_killed_run_resumes_asking_only_what_is_missing(work_copy, path_server):
 
 
 def test_cli_labels_with_a_progress_line_and_endpoint_ranges(work_copy, path_server):
-    from maniflow.cli import parse_endpoints
+    from maniflow.paths.client import parse_endpoints
 
     assert parse_endpoints("http://h:8000-8002,http://g:9000/v1") == (
         "http://h:8000", "http://h:8001", "http://h:8002", "http://g:9000/v1")

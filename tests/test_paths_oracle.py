@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maniflow.frames import FramesStore, frames_store_path
+from maniflow.frames import FramesStore
 from maniflow.geometry import intrinsics_from_fovy, look_at_extrinsic_cv, project_points, tcp_positions
-from maniflow.paths.label import ProviderConfig, label_paths, store_oracle_paths
+from maniflow.paths.label import ProviderConfig, label_paths
 from maniflow.paths.oracle import AT_REST, BEHIND, OUTSIDE, oracle_paths
+from maniflow.paths.providers.oracle import store_oracle_paths
 from maniflow.paths.store import ONE_PIXEL, PathStore
 from maniflow.robotwin.episode import busiest_arm
+from maniflow.workspace import Workspace
 
 W, H = 320, 240
 
@@ -97,7 +99,7 @@ def test_busiest_arm_is_the_one_that_works_its_gripper():
 
 def test_oracle_labels_a_frames_store_and_starts_at_the_fingertips(work_copy):
     report = label_paths(work_copy, "clean", "click_bell", ProviderConfig(kind="oracle"))
-    frames = FramesStore(frames_store_path(work_copy, "clean", "click_bell"))
+    frames = FramesStore(Workspace.of(work_copy).frames("clean", "click_bell"))
     at_rest = report.total["reasons"].get(AT_REST, 0)
     assert report.frames == frames.num_frames and report.total["ok"] + at_rest == frames.num_frames
     assert report.faults == 0 and "WARNING" not in report.summary()

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from maniflow.paths.parse import parse_hamster, parse_peek
-from maniflow.paths.protocol import crop_to_frame, format_hamster_answer, format_peek_answer, frame_to_crop, \
-    reply_text
+from maniflow.paths.protocol import crop_to_frame, format_hamster_answer, format_peek_answer, frame_to_crop, reply_text
 
 
 def test_well_formed_answer_with_gripper_tags():

@@ -10,10 +10,11 @@ import pickle
 import numpy as np
 import pytest
 
-from maniflow.frames import FramesStore, frames_store_path
+from maniflow.frames import FramesStore
 from maniflow.paths.label import ProviderConfig, finish_episode, label_paths
 from maniflow.paths.legacy import UnsafePickleError, import_hamster_dir, load_plain_pickle, read_path_pickle
-from maniflow.paths.store import PathStore, ProviderMismatch, fallback_sources, path_store_dir
+from maniflow.paths.store import PathStore, ProviderMismatch, fallback_sources
+from maniflow.workspace import Workspace
 
 
 def test_fallback_sources():
@@ -31,9 +32,9 @@ def _answers(texts: dict[int, str]) -> dict[int, dict]:
 
 
 def test_failed_frames_get_the_nearest_path_and_the_record_says_whose(work_copy):
-    frames = FramesStore(frames_store_path(work_copy, "clean", "click_bell"))
+    frames = FramesStore(Workspace.of(work_copy).frames("clean", "click_bell"))
     provider = ProviderConfig(kind="hamster")
-    store = PathStore(path_store_dir(work_copy, "hamster", "clean", "click_bell"))
+    store = PathStore(Workspace.of(work_copy).paths("hamster", "clean", "click_bell"))
     store.bind(provider.identity(), provider.params())
     n = frames.episodes[0]["frames"]
     good = "<ans>[(0.1, 0.2), (0.3, 0.4)]</ans>"
@@ -59,8 +60,8 @@ def test_failed_frames_get_the_nearest_path_and_the_record_says_whose(work_copy)
 
 
 def test_journal_cut_off_by_a_kill_keeps_only_whole_lines(work_copy):
-    frames = FramesStore(frames_store_path(work_copy, "clean", "click_bell"))
-    store = PathStore(path_store_dir(work_copy, "hamster", "clean", "click_bell"))
+    frames = FramesStore(Workspace.of(work_copy).frames("clean", "click_bell"))
+    store = PathStore(Workspace.of(work_copy).paths("hamster", "clean", "click_bell"))
     store.dir.mkdir(parents=True)
     fp = frames.episodes[0]["fingerprint"]
     journal = store.journal(0, fp)
@@ -80,7 +81,7 @@ def test_journal_cut_off_by_a_kill_keeps_only_whole_lines(work_copy):
 
 
 def test_a_store_refuses_answers_of_another_provider_configuration(work_copy):
-    store = PathStore(path_store_dir(work_copy, "hamster", "clean", "click_bell"))
+    store = PathStore(Workspace.of(work_copy).paths("hamster", "clean", "click_bell"))
     store.bind(ProviderConfig(kind="hamster").identity(), {})
     with pytest.raises(ProviderMismatch, match="--label"):  # asked answers are never thrown away
         store.bind(ProviderConfig(kind="hamster", model="HAMSTER_13b").identity(), {})
@@ -94,8 +95,8 @@ def test_a_store_refuses_answers_of_another_provider_configuration(work_copy):
 
 
 def test_refinishing_with_another_fallback_asks_nothing(work_copy):
-    first = label_paths(work_copy, "clean", "click_bell", ProviderConfig(kind="oracle"), fallback="nearest")
-    again = label_paths(work_copy, "clean", "click_bell", ProviderConfig(kind="oracle"), fallback="none")
+    first = label_paths(work_copy, "clean", "click_bell", ProviderConfig(kind="oracle", fallback="nearest"))
+    again = label_paths(work_copy, "clean", "click_bell", ProviderConfig(kind="oracle", fallback="none"))
     assert again.asked == 0 and again.reused == first.frames
     assert PathStore(again.store).read(0).record["fallback"] == "none"
 
@@ -115,7 +116,8 @@ def test_plain_path_pickles_load_in_every_protocol(protocol):
     data = pickle.dumps(path, protocol=protocol)
     assert load_plain_pickle(data) == path
     shared = [0.5, 0.5]
-    assert load_plain_pickle(pickle.dumps([shared, shared, (shared,)], protocol=protocol)) == [shared, shared, (shared,)]
+    nested = [shared, shared, (shared,)]
+    assert load_plain_pickle(pickle.dumps(nested, protocol=protocol)) == nested
     big = [(float(i) / 1000, 2 ** 40 + i, -i) for i in range(1500)]  # long lists: APPENDS in batches
     assert load_plain_pickle(pickle.dumps(big, protocol=protocol)) == big
 
@@ -139,7 +141,7 @@ def test_truncated_pickle_is_a_clear_error():
 
 
 def test_import_hamster_output_reparses_raw_answers_and_completes_later(work_copy, tmp_path):
-    frames = FramesStore(frames_store_path(work_copy, "clean", "click_bell"))
+    frames = FramesStore(Workspace.of(work_copy).frames("clean", "click_bell"))
     number = int(frames.episode_index[1])
     src = tmp_path / "hamster_results"
     ep_dir = src / "click_bell" / f"episode_{number:02d}"
@@ -154,7 +156,7 @@ def test_import_hamster_output_reparses_raw_answers_and_completes_later(work_cop
     (ep_dir / "raw_outputs" / "frame_0002.txt").write_text("no idea")
     counts = import_hamster_dir(src, work_copy, "clean", "click_bell")
     assert counts == {number: {"raw": 2, "pickle": 1}}
-    store = PathStore(path_store_dir(work_copy, "hamster", "clean", "click_bell"))
+    store = PathStore(Workspace.of(work_copy).paths("hamster", "clean", "click_bell"))
     ep = store.read(number)
     assert ep.paths[0] == [(0.2, 0.3, 1), (0.4, 0.5, 0)] and ep.status[0] == "ok"
     assert ep.paths[1] == [(0.6, 0.7, 1), (0.65, 0.72, 1)] and ep.status[1] == "repaired"

@@ -17,8 +17,16 @@ from maniflow.inspect import describe
 from maniflow.paths.label import ProviderConfig, label_paths
 from maniflow.paths.oracle import AT_REST
 from maniflow.paths.store import PathStore
-from maniflow.robotwin import LAYOUTS, CameraMatrices, EpisodeContents, EpisodeError, SourceOptions, \
-    XPolicyLabEpisode, discover_episodes, write_xpolicylab_episode
+from maniflow.robotwin import (
+    LAYOUTS,
+    CameraMatrices,
+    EpisodeContents,
+    EpisodeError,
+    SourceOptions,
+    XPolicyLabEpisode,
+    discover_episodes,
+    write_xpolicylab_episode,
+)
 from maniflow.robotwin.episode import busiest_arm
 from maniflow.synthetic import arm as armlib
 from maniflow.synthetic import simulate_episode, write_episode

@@ -44,7 +44,7 @@ def test_frames_stored_as_text_are_a_located_error(one_episode, tmp_path):
     with h5py.File(tmp_path / "e.hdf5", "r+") as f:
         t = len(f[KEYS.rgb("head")])
         del f[KEYS.rgb("head")]
-        f.create_dataset(KEYS.rgb("head"), data=["frame %d" % i for i in range(t)],
+        f.create_dataset(KEYS.rgb("head"), data=[f"frame {i}" for i in range(t)],
                          dtype=h5py.string_dtype())
     with RoboTwinEpisode(tmp_path / "e.hdf5") as ep, pytest.raises(EpisodeError) as err:
         ep.rgb("head")

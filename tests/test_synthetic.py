@@ -7,15 +7,20 @@ import json
 import cv2
 import numpy as np
 import pytest
+from conftest import SMALL
 
 from maniflow.geometry import project_points, quat_wxyz_to_matrix, tcp_positions
-from maniflow.robotwin import KEYS, ROBOTWIN_TCP_OFFSET, SINGLE_ARM_TASKS, RoboTwinEpisode, discover_episodes, \
-    read_instructions
+from maniflow.robotwin import (
+    KEYS,
+    ROBOTWIN_TCP_OFFSET,
+    SINGLE_ARM_TASKS,
+    RoboTwinEpisode,
+    discover_episodes,
+    read_instructions,
+)
 from maniflow.synthetic import GeneratorConfig, generate_dataset, simulate_episode, write_episode
 from maniflow.synthetic import arm as armlib
 from maniflow.synthetic.episode import ARM_LINK_ID, OBJECT_ID0
-
-from conftest import SMALL
 
 
 def test_layout_and_companion_files(small_root):

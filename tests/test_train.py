@@ -15,8 +15,7 @@ from maniflow.datasets import render_task
 from maniflow.paths.label import ProviderConfig, label_paths
 from maniflow.policy import MODEL_VERSION, ManiFlowPolicy, PolicyConfig
 from maniflow.replay import CONDITIONS, ReplayData, window_table
-from maniflow.train import (PRESETS, TrainConfig, TrainingDiverged, ema_decay, load_policy, lr_at, run_finished,
-                            train)
+from maniflow.train import PRESETS, TrainConfig, TrainingDiverged, ema_decay, load_policy, lr_at, run_finished, train
 
 ENV, TASK = "clean", "open_microwave"
 TINY = replace(PRESETS["demo"], policy=PolicyConfig(image_size=32, encoder="test_resnet", dim=32, depth=1, heads=2,
@@ -27,7 +26,7 @@ TINY = replace(PRESETS["demo"], policy=PolicyConfig(image_size=32, encoder="test
 @pytest.fixture(scope="module")
 def stores(small_work, tmp_path_factory):
     """Original, overlay and concat datasets (oracle paths at 96 px) of one (env, task)."""
-    from maniflow.datasets import DatasetConfig
+    from maniflow.settings import DatasetConfig
 
     work = tmp_path_factory.mktemp("train_work")
     (work / "frames").mkdir()
@@ -112,6 +111,7 @@ def test_schedules():
     assert ema_decay(10 ** 9, cfg) == 0.9999
 
 
+@pytest.mark.slow
 def test_training_learns_and_checkpoints_load_safely(stores, tmp_path):
     result = train(stores["overlay"], "overlay_current", tmp_path / "run", replace(TINY, epochs=4, lr=3e-3))
     losses = [h["loss"] for h in result.history]
@@ -133,6 +133,7 @@ def test_training_learns_and_checkpoints_load_safely(stores, tmp_path):
     assert policy.predict_action(obs, steps=2).shape == (3, 8, 14)
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_ends_with_the_same_weights(stores, tmp_path):
     # latest.ckpt every 2 epochs, validation (and top-k) every epoch: a kill in epoch 3 resumes
     # from the end of epoch 1 although epoch 2 already wrote and dropped top-k files.
@@ -214,24 +215,31 @@ def test_a_run_directory_refuses_another_configuration(stores, tmp_path):
         train(stores["original"], "original", tmp_path / "run", replace(TINY, epochs=1, lr=5e-4))
 
 
+@pytest.mark.slow
 def test_cli_train_runs_resumes_and_reports_progress_when_piped(stores, tmp_path):
+    import shutil
     import subprocess
     import sys
     from pathlib import Path
 
+    from maniflow.workspace import Cell, Workspace, read_cell
+
     maniflow = str(Path(sys.executable).with_name("maniflow"))
-    work = stores["original"].parent.parent
+    work = tmp_path / "work"
+    shutil.copytree(stores["original"].parent, work / "datasets")
     log = tmp_path / "train.log"
     cmd = [maniflow, "train", "--work", str(work), "--env", ENV, "--task", TASK, "--condition", "original",
-           "--preset", "demo", "--epochs", "1", "--batch-size", "16", "--run", str(tmp_path / "run")]
+           "--preset", "demo", "--epochs", "1", "--batch-size", "16"]
     with open(log, "w") as f:  # piped to a file, as under nohup
         assert subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=300).returncode == 0
     text = log.read_text()
-    assert "train run [" in text and "epoch 1/1 loss" in text and "done: 1 epochs" in text
-    assert (tmp_path / "run/checkpoints/latest.ckpt").exists()
+    cell = Cell(env=ENV, condition="original", task=TASK, preset="demo")
+    run = Workspace(work).run(cell)
+    assert f"train {run.name} [" in text and "epoch 1/1 loss" in text and "done: 1 epochs" in text
+    assert (run / "checkpoints/latest.ckpt").exists() and read_cell(run) == cell
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "done: 1 epochs" in again.stdout
-    text = subprocess.run([maniflow, "inspect", str(tmp_path / "run")], capture_output=True, text=True).stdout
+    text = subprocess.run([maniflow, "inspect", str(run)], capture_output=True, text=True).stdout
     assert "original on" in text and "1/1 epochs" in text and "latest.ckpt" in text
     assert f"(model version {MODEL_VERSION})" in text
 
@@ -267,22 +275,29 @@ def test_encoder_weights_load_from_a_local_file_only(tmp_path, caplog):
         make_encoder("resnet18", 3, tmp_path / "partial.pt")
 
 
+@pytest.mark.slow
 def test_evaluation_is_deterministic_and_the_report_answers_the_questions(stores, tmp_path):
     """A tiny finished matrix (two conditions, one held-out episode): offline and closed-loop
     evaluation repeat exactly for a seed, and the report holds the table, answers and figures."""
-    from maniflow.evaluate import EvalConfig, closed_loop, evaluate_runs, evaluation_envs
-    from maniflow.report import build_report
-    from maniflow.train import load_policy
+    import shutil
 
-    work = stores["original"].parent.parent
+    from maniflow.evaluate import closed_loop, evaluate_cells
+    from maniflow.report import build_report
+    from maniflow.settings import EvalConfig
+    from maniflow.simulators import simulator_for
+    from maniflow.train import load_policy
+    from maniflow.workspace import Cell, Workspace
+
+    work = Workspace(tmp_path / "work")
+    shutil.copytree(stores["original"].parent, work.root / "datasets")
     cfg = replace(TINY, epochs=1, holdout_episodes=1)
-    runs = []
-    for condition, kind in (("original", "original"), ("overlay_current", "overlay")):
-        runs.append(tmp_path / condition)
-        train(stores[kind], condition, runs[-1], cfg)
+    cells = [Cell(env=ENV, condition=c, task=TASK, preset="demo") for c in ("original", "overlay_current")]
+    for cell in cells:  # the engine under the tiny settings, into each cell's run directory
+        train(work.cell_dataset(cell), cell.condition, work.run(cell), cfg, cell=cell)
+    runs = [work.run(c) for c in cells]
     # The clean stores stand in for the evaluation env's (the fixture renders one env).
     ecfg = EvalConfig(env=ENV, episodes=2, execute_steps=4, strips=1)
-    records, baselines = evaluate_runs(work, runs, ecfg, progress=lambda _: None)
+    records, baselines = evaluate_cells(work, cells, ecfg, progress=lambda _: None)
     assert [r["condition"] for r in records] == ["original", "overlay_current"]
     for r in records:
         assert r["offline"]["windows"] > 0 and len(r["offline"]["mae_per_step"]) == TINY.policy.n_action_steps
@@ -292,14 +307,15 @@ def test_evaluation_is_deterministic_and_the_report_answers_the_questions(stores
     assert baselines[TASK]["do_nothing"]["success"] == [False, False]
 
     policy = load_policy(runs[1] / "checkpoints" / "latest.ckpt")
-    a = closed_loop(policy, "overlay_current", evaluation_envs(TASK, ecfg), 48, ecfg)
-    b = closed_loop(policy, "overlay_current", evaluation_envs(TASK, ecfg), 48, ecfg)
+    envs = simulator_for(TASK).make_envs
+    a = closed_loop(policy, "overlay_current", envs(TASK, ecfg, work), 48, ecfg)
+    b = closed_loop(policy, "overlay_current", envs(TASK, ecfg, work), 48, ecfg)
     assert a["steps"] == b["steps"] and a["success"] == b["success"]
     np.testing.assert_array_equal(a["strips"][0][-1], b["strips"][0][-1])
     # The cached record is what a second evaluation returns, without recomputing.
     eval_file = next((runs[1] / "eval").glob("*.json"))
     mtime = eval_file.stat().st_mtime_ns
-    assert evaluate_runs(work, runs, ecfg, progress=lambda _: None)[0] == records
+    assert evaluate_cells(work, cells, ecfg, progress=lambda _: None)[0] == records
     assert eval_file.stat().st_mtime_ns == mtime
 
     md = build_report(records, baselines, tmp_path / "report").read_text()

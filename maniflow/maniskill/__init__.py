@@ -49,6 +49,3 @@ TASKS = {
                                 ("Put the red block onto the green block.",)),
 }
 
-
-def is_maniskill_task(task: str) -> bool:
-    return task in TASKS

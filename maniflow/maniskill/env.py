@@ -26,8 +26,8 @@ import h5py
 import numpy as np
 import torch
 
-from maniflow.maniskill.envs import render_backend  # (importing it registers the variants)
 from maniflow.maniskill import ARM_JOINTS, CAMERA, TASKS
+from maniflow.maniskill.envs import render_backend  # (importing it registers the variants)
 from maniflow.paths.oracle import live_oracle_path
 from maniflow.synthetic.env import Observation
 

@@ -36,8 +36,14 @@ from maniflow import __version__
 from maniflow.maniskill import ARM, ARM_JOINTS, DISTRACTORS, TASKS
 from maniflow.maniskill.env import TrajectoryError, make_env, read_trajectories, replay
 from maniflow.maniskill.planner import plan_demos
-from maniflow.robotwin import ARMS, DEFAULT_CONFIG_NAMES, TCP_OFFSET_ATTR, CameraMatrices, EpisodeContents, \
-    write_robotwin_episode
+from maniflow.robotwin import (
+    ARMS,
+    DEFAULT_CONFIG_NAMES,
+    TCP_OFFSET_ATTR,
+    CameraMatrices,
+    EpisodeContents,
+    write_robotwin_episode,
+)
 from maniflow.storage import write_json
 
 log = logging.getLogger("maniflow.maniskill")

@@ -27,8 +27,8 @@ import gymnasium as gym
 from mani_skill.examples.motionplanning.panda.run import MP_SOLUTIONS
 from mani_skill.utils.wrappers.record import RecordEpisode
 
-from maniflow.maniskill.envs import render_backend  # (importing it registers the variants)
 from maniflow.maniskill import TASKS
+from maniflow.maniskill.envs import render_backend  # (importing it registers the variants)
 
 
 def plan(task: str, distractors: int, count: int, start_seed: int, out: Path, max_seeds: int) -> dict:

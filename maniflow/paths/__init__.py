@@ -11,8 +11,9 @@
 """
 
 from maniflow.paths.client import ClientConfig, NoEndpointAvailable
-from maniflow.paths.label import PROVIDERS, LabelReport, ProviderConfig, label_paths
-from maniflow.paths.store import EpisodePaths, PathStore, path_store_dir
+from maniflow.paths.label import LabelReport, ProviderConfig, label_paths
+from maniflow.paths.providers import PROVIDERS
+from maniflow.paths.store import EpisodePaths, PathStore
 
 __all__ = ["PROVIDERS", "ClientConfig", "EpisodePaths", "LabelReport", "NoEndpointAvailable", "PathStore",
-           "ProviderConfig", "label_paths", "path_store_dir"]
+           "ProviderConfig", "label_paths"]

@@ -29,37 +29,64 @@ import json
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Hashable, Iterator
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
+import pydantic
 
+from maniflow.config import config, csv, setting
 from maniflow.paths.protocol import reply_text
 
 log = logging.getLogger("maniflow.paths")
 
 
-@dataclass(frozen=True)
+def parse_endpoints(text: str) -> tuple[str, ...]:
+    """Comma-separated base URLs; a port range expands: http://host:8000-8003 -> four URLs."""
+    urls = []
+    for item in csv(text):
+        m = re.fullmatch(r"(.*:)(\d+)-(\d+)(/.*)?", item)
+        if m:
+            urls += [f"{m[1]}{port}{m[4] or ''}" for port in range(int(m[2]), int(m[3]) + 1)]
+        else:
+            urls.append(item)
+    return tuple(urls)
+
+
+@config
 class ClientConfig:
-    endpoints: tuple[str, ...] = ("http://127.0.0.1:8000",)
-    in_flight: int = 1  # concurrent requests per endpoint
-    timeout_s: float = 120.0  # per request, after connecting
-    connect_timeout_s: float = 5.0
-    max_attempts: int = 5  # per job, over all endpoints
-    backoff_s: float = 0.25  # pause after an endpoint's 2nd failure in a row; doubles per further one
-    backoff_max_s: float = 30.0
-    eject_after: int = 5  # consecutive failures that take an endpoint out of rotation
-    probe_after_s: float = 2.0  # first probe of an ejected endpoint; doubles while probes fail
-    probe_max_s: float = 60.0
-    give_up_after_s: float = 60.0
-    api_key_env: str | None = None  # name of the environment variable holding a bearer token
-    slot_dir: str | None = None  # lock-file directory shared by processes that share the endpoints
+    """How the VLM servers are reached."""
+
+    endpoints: tuple[str, ...] = setting(
+        help="base URLs; a port range expands: http://127.0.0.1:8000-8003 (default $MANIFLOW_VLM_ENDPOINTS or "
+        "http://127.0.0.1:8000)", parse=parse_endpoints,
+        factory=lambda: parse_endpoints(os.environ.get("MANIFLOW_VLM_ENDPOINTS", "http://127.0.0.1:8000")))
+    in_flight: int = setting(1, "requests at a time per endpoint (a HAMSTER server answers one at a time)")
+    timeout_s: float = setting(120.0, "seconds per request, after connecting", flag="timeout")
+    connect_timeout_s: float = setting(5.0, "seconds to connect")
+    max_attempts: int = setting(5, "tries per frame, over all endpoints", flag="attempts")
+    backoff_s: float = setting(0.25, "pause after an endpoint's 2nd failure in a row; doubles per further one")
+    backoff_max_s: float = setting(30.0, "longest such pause")
+    eject_after: int = setting(5, "consecutive failures that take an endpoint out of rotation")
+    probe_after_s: float = setting(2.0, "seconds before an endpoint out of rotation is tried again; doubles while "
+                                   "it keeps failing", flag="probe-after")
+    probe_max_s: float = setting(60.0, "longest wait between probes")
+    give_up_after_s: float = setting(60.0, "stop when no endpoint answered for this many seconds", flag="give-up")
+    api_key_env: str | None = setting(None, "environment variable holding a bearer token for the server "
+                                      "(never logged)")
+    slot_dir: str | None = setting(None, "share the endpoints' in-flight limits with other processes on this host "
+                                   "(Dask workers, several `maniflow paths`) through lock files in this directory")
+
+    @pydantic.field_validator("endpoints", mode="before")
+    @classmethod
+    def _expand(cls, value):
+        return parse_endpoints(value) if isinstance(value, str) else \
+            tuple(url for item in value for url in parse_endpoints(item))
 
     def __post_init__(self):
-        if not self.endpoints:
-            raise ValueError("no endpoints given")
         if self.in_flight < 1 or self.max_attempts < 1 or self.eject_after < 1:
             raise ValueError("in_flight, max_attempts and eject_after must be at least 1")
 
@@ -151,6 +178,8 @@ def completions_url(base: str) -> str:
 
 class PathClient:
     def __init__(self, config: ClientConfig):
+        if not config.endpoints:
+            raise ValueError("no endpoints given")
         self.config = config
         self.endpoints = [EndpointState(url) for url in config.endpoints]
         self.slots = FileSlots(config.slot_dir, config.in_flight) if config.slot_dir else None

@@ -16,9 +16,10 @@ import pickletools
 import re
 from pathlib import Path
 
-from maniflow.frames import FramesStore, frames_store_path
+from maniflow.frames import FramesStore
 from maniflow.paths.protocol import format_hamster_answer
-from maniflow.paths.store import PathStore, path_store_dir
+from maniflow.paths.store import PathStore
+from maniflow.workspace import Workspace
 
 _EPISODE_DIR = re.compile(r"episode_?(\d+)$")
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
@@ -114,20 +115,22 @@ def _frame_number(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def import_hamster_dir(src, work, env: str, task: str, label: str = "hamster", model: str = "HAMSTER_dev",
-                       camera: str = "head") -> dict:
+def import_hamster_dir(src, work, env: str, task: str, provider=None, camera: str = "head") -> dict:
     """Import {src}/{task}/episode_*/ into the path store of (label, env, task).
 
-    Episodes are matched to the frames store by number, which must exist (its fingerprint and
-    frame counts are what later runs check). Imported answers count as answered, so a later
-    `maniflow paths` with the same label asks only for the frames still missing. Returns
-    counts per episode.
+    `provider` (a ProviderConfig of kind hamster; default: HAMSTER's) names the label and the
+    model that made the answers. Episodes are matched to the frames store by number, which must
+    exist (its fingerprint and frame counts are what later runs check). Imported answers count
+    as answered, so a later `maniflow paths` with the same label asks only for the frames still
+    missing. Returns counts per episode.
     """
     from maniflow.paths.label import ProviderConfig, finish_episode
 
-    frames = FramesStore(frames_store_path(work, env, task, camera))
-    provider = ProviderConfig(kind="hamster", model=model, label=label)
-    store = PathStore(path_store_dir(work, label, env, task, camera))
+    frames = FramesStore(Workspace.of(work).frames(env, task, camera))
+    provider = provider or ProviderConfig(kind="hamster")
+    if provider.kind != "hamster":
+        raise ValueError(f"HAMSTER output directories hold HAMSTER answers, not {provider.kind}'s")
+    store = PathStore(Workspace.of(work).paths(provider.name, env, task, camera))
     store.bind(provider.identity(), provider.params())
     task_dir = Path(src) / task
     if not task_dir.is_dir():

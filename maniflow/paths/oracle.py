@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from maniflow.geometry import project_points
-from maniflow.paths.protocol import Point
+from maniflow.geometry import Point, project_points
 from maniflow.paths.store import ONE_PIXEL, in_one_pixel
 
 MIN_DEPTH = 1e-3  # metres in front of the camera; nearer points are behind it or degenerate

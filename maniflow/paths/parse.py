@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from maniflow.paths.protocol import Point
+from maniflow.geometry import Point
 
 OK, REPAIRED, FAILED = "ok", "repaired", "failed"
 # A coordinate this far outside [0, 1] is not a slightly-off point but a different convention

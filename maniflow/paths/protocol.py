@@ -17,9 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-# A path point: (x, y, gripper_state), x = column and y = row in [0, 1] of the full frame;
-# gripper_state 1 open, 0 closed, None when the provider gives none (PEEK).
-Point = tuple[float, float, int | None]
+from maniflow.geometry import Point
 
 HAMSTER_PROMPT = (
     "\nIn the image, please execute the command described in <quest>{quest}</quest>.\n"
@@ -47,7 +45,6 @@ PEEK_PROMPT = (
 )
 
 PEEK_SIZE = 384
-VLM_KINDS = ("hamster", "peek", "openai")
 OPEN, CLOSE = "<action>Open Gripper</action>", "<action>Close Gripper</action>"
 
 

@@ -36,10 +36,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from maniflow.frames import FramesStore, IncompleteStoreError
-from maniflow.paths.label import store_oracle_paths
+from maniflow.paths.protocol import (
+    PEEK_SIZE,
+    centre_crop_box,
+    decode_data_url,
+    format_hamster_answer,
+    format_peek_answer,
+    frame_to_crop,
+)
+from maniflow.paths.providers.oracle import store_oracle_paths
 from maniflow.paths.store import fallback_sources
-from maniflow.paths.protocol import PEEK_SIZE, centre_crop_box, decode_data_url, format_hamster_answer, \
-    format_peek_answer, frame_to_crop
+from maniflow.workspace import Workspace
 
 log = logging.getLogger("maniflow.paths.server")
 
@@ -88,7 +95,7 @@ class OracleIndex:
         self.num_points = num_points
         self.by_instruction: dict[str, list[_Task]] = {}
         self.tasks: list[_Task] = []
-        for path in sorted(Path(work).glob("frames/*/*.zarr")):
+        for path in Workspace.of(work).all_frames_stores():
             try:
                 frames = FramesStore(path)
             except IncompleteStoreError:

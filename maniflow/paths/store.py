@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from maniflow.geometry import frame_pixels
+from maniflow.geometry import Point, frame_pixels
 from maniflow.paths.parse import FAILED, OK, REPAIRED, ParsedPath, parse_hamster, parse_peek
-from maniflow.paths.protocol import PEEK_SIZE, Point, crop_to_frame
+from maniflow.paths.protocol import PEEK_SIZE, crop_to_frame
 from maniflow.storage import code_version, temp_sibling, write_json
 
 log = logging.getLogger("maniflow.paths")
@@ -45,11 +45,6 @@ ONE_PIXEL = "degenerate: every point in one pixel"  # drawn, such a path is a lo
 
 class ProviderMismatch(ValueError):
     """The store holds answers of a different provider configuration."""
-
-
-def path_store_dir(work, label: str, env: str, task: str, camera: str = "head") -> Path:
-    name = task if camera == "head" else f"{task}@{camera}"
-    return Path(work) / "paths" / label / env / name
 
 
 COORDS = ("unit", "thousand", "pixel")
@@ -196,7 +191,7 @@ class PathStore:
         return record.get("version") == FORMAT_VERSION and record["stats"]["frames"] == num_frames \
             and record.get("fallback") == fallback and record.get("coords", "unit") == coords
 
-    def journal(self, episode: int, fingerprint) -> "Journal":
+    def journal(self, episode: int, fingerprint) -> Journal:
         return Journal(self.journal_file(episode), fingerprint)
 
     def finish(self, episode: int, num_frames: int, answers: dict[int, dict], errors: dict[int, str],

@@ -11,11 +11,35 @@ with state = joint vector[t] and action = joint vector[t + 1], and the end poses
 frames. Every problem raises `EpisodeError`, which names the file, the key and the frame.
 """
 
-from maniflow.robotwin.episode import ARMS, CAMERAS, DEFAULT_CONFIG_NAMES, ENVS, ROBOTWIN_TCP_OFFSET, \
-    SINGLE_ARM_TASKS, TCP_OFFSET_ATTR, CameraMatrices, EpisodeArrays, EpisodeContents, EpisodeError, Instructions, \
-    decode_jpeg, encode_frames, frame_rate
-from maniflow.robotwin.layout import LAYOUTS, EpisodeRef, SourceOptions, discover_episodes, open_episode, \
-    read_instructions, ref_for_file, scene_info_arm, scene_info_number, select_episodes
+from maniflow.robotwin.episode import (
+    ARMS,
+    CAMERAS,
+    DEFAULT_CONFIG_NAMES,
+    ENVS,
+    ROBOTWIN_TCP_OFFSET,
+    SINGLE_ARM_TASKS,
+    TCP_OFFSET_ATTR,
+    CameraMatrices,
+    EpisodeArrays,
+    EpisodeContents,
+    EpisodeError,
+    Instructions,
+    decode_jpeg,
+    encode_frames,
+    frame_rate,
+)
+from maniflow.robotwin.layout import (
+    LAYOUTS,
+    EpisodeRef,
+    SourceOptions,
+    discover_episodes,
+    open_episode,
+    read_instructions,
+    ref_for_file,
+    scene_info_arm,
+    scene_info_number,
+    select_episodes,
+)
 from maniflow.robotwin.stable import KEYS, RoboTwinEpisode, write_robotwin_episode
 from maniflow.robotwin.xpolicylab import CAMERA_NAMES, XKEYS, XPolicyLabEpisode, write_xpolicylab_episode
 

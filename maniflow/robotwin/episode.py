@@ -64,7 +64,7 @@ class CameraMatrices:
     extrinsic_cv: np.ndarray  # (n, 3, 4) world to camera, OpenCV axes
     cam2world_gl: np.ndarray  # (n, 4, 4) camera to world, OpenGL axes
 
-    def head(self, n: int) -> "CameraMatrices":
+    def head(self, n: int) -> CameraMatrices:
         """The matrices of the first n frames."""
         return CameraMatrices(self.intrinsic_cv[:n], self.extrinsic_cv[:n], self.cam2world_gl[:n])
 

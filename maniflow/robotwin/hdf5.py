@@ -9,8 +9,7 @@ import h5py
 import numpy as np
 
 from maniflow.robotwin.cameras import check_camera
-from maniflow.robotwin.episode import ROBOTWIN_TCP_OFFSET, TCP_OFFSET_ATTR, CameraMatrices, EpisodeError, \
-    decode_frames
+from maniflow.robotwin.episode import ROBOTWIN_TCP_OFFSET, TCP_OFFSET_ATTR, CameraMatrices, EpisodeError, decode_frames
 
 
 class HDF5Episode:

@@ -21,9 +21,12 @@ from pathlib import Path
 
 import h5py
 
-from maniflow.robotwin.episode import ARMS, EpisodeError, Instructions
-from maniflow.robotwin.stable import LAYOUT as ROBOTWIN2, RoboTwinEpisode
-from maniflow.robotwin.xpolicylab import LAYOUT as XPOLICYLAB, XPolicyLabEpisode
+from maniflow.config import config, setting
+from maniflow.robotwin.episode import ARMS, DEFAULT_CONFIG_NAMES, EpisodeError, Instructions
+from maniflow.robotwin.stable import LAYOUT as ROBOTWIN2
+from maniflow.robotwin.stable import RoboTwinEpisode
+from maniflow.robotwin.xpolicylab import LAYOUT as XPOLICYLAB
+from maniflow.robotwin.xpolicylab import XPolicyLabEpisode
 
 
 @dataclass(frozen=True)
@@ -166,17 +169,31 @@ def discover_episodes(root, tasks=None, configs=None) -> list[EpisodeRef]:
     return sorted(refs, key=lambda r: (r.task, r.config, r.embodiment, r.layout, r.index))
 
 
-@dataclass(frozen=True)
+@config
 class SourceOptions:
-    """Which recordings of a (config, task) to read, and how to read their end poses."""
+    """Where an env's recordings are and which of them to read, and how to read their end poses."""
 
-    embodiment: str | None = None  # choose when several robots' recordings share a (config, task)
-    layout: str | None = None  # choose when both layouts hold the same (config, task)
-    tcp_offset: float | None = None  # metres from stored end pose to fingertips; None: the files' convention
+    clean_config: str = setting(DEFAULT_CONFIG_NAMES["clean"], "RoboTwin config directory of the clean environment")
+    cluttered_config: str = setting(DEFAULT_CONFIG_NAMES["cluttered"],
+                                    "RoboTwin config directory of the cluttered environment")
+    embodiment: str | None = setting(None, "robot folder of RoboTwin's current layout (e.g. aloha_agilex), when "
+                                     "several robots' recordings share a (config, task)")
+    layout: str | None = setting(None, "robotwin2 or xpolicylab, when both layouts hold the same (config, task)",
+                                 choices=lambda: tuple(LAYOUTS))
+    tcp_offset: float | None = setting(None, "metres from the stored end pose to the fingertips (default: the "
+                                       "files' convention; RoboTwin: 0.12)")
 
     def __post_init__(self):
         if self.layout is not None and self.layout not in LAYOUTS:
             raise ValueError(f"layout {self.layout!r}: choose from {sorted(LAYOUTS)}")
+
+    @property
+    def config_names(self) -> dict[str, str]:
+        return {"clean": self.clean_config, "cluttered": self.cluttered_config}
+
+    def config_name(self, env: str) -> str:
+        """The config directory holding `env`'s recordings."""
+        return self.config_names[env]
 
 
 def ref_for_file(path) -> EpisodeRef | None:

@@ -18,8 +18,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from maniflow.robotwin.episode import ARMS, DEFAULT_SAVE_FREQ, CameraMatrices, EpisodeArrays, EpisodeContents, \
-    EpisodeError, check_finite, encode_frames, frame_rate
+from maniflow.robotwin.episode import (
+    ARMS,
+    DEFAULT_SAVE_FREQ,
+    CameraMatrices,
+    EpisodeArrays,
+    EpisodeContents,
+    EpisodeError,
+    check_finite,
+    encode_frames,
+    frame_rate,
+)
 from maniflow.robotwin.hdf5 import HDF5Episode
 from maniflow.storage import temp_sibling
 

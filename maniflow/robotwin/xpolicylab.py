@@ -42,8 +42,18 @@ import h5py
 import numpy as np
 
 from maniflow.geometry import cam2world_gl_from_extrinsic_cv, extrinsic_cv_from_cam2world_gl
-from maniflow.robotwin.episode import ARMS, DEFAULT_SAVE_FREQ, CameraMatrices, EpisodeArrays, EpisodeContents, \
-    EpisodeError, check_finite, encode_frames, first_bad_row, frame_rate
+from maniflow.robotwin.episode import (
+    ARMS,
+    DEFAULT_SAVE_FREQ,
+    CameraMatrices,
+    EpisodeArrays,
+    EpisodeContents,
+    EpisodeError,
+    check_finite,
+    encode_frames,
+    first_bad_row,
+    frame_rate,
+)
 from maniflow.robotwin.hdf5 import HDF5Episode
 from maniflow.storage import temp_sibling
 

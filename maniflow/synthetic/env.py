@@ -25,15 +25,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from maniflow.geometry import Point
 from maniflow.paths.oracle import live_oracle_path
-from maniflow.paths.protocol import Point
+from maniflow.settings import EVAL_SEED
 from maniflow.synthetic import arm as armlib
 from maniflow.synthetic.episode import HEIGHT, WIDTH, EpisodePlan, frame_part_poses, plan_episode
 from maniflow.synthetic.render import render
 from maniflow.synthetic.tasks import Goal
 
 ARM_OFFSET = {"left": 0, "right": 7}  # where each arm's 7 values sit in the 14-d vector
-EVAL_SEED = 1000  # evaluation layouts: `maniflow generate` uses seed 0 unless told otherwise
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,8 @@ class TabletopEnv:
     def reset(self) -> Observation:
         expert = self.plan.tracks[self.arm]
         self.t = 0
-        self.position, self.rpy, self.gripper = expert.position[0].copy(), expert.rpy[0].copy(), float(expert.gripper[0])
+        self.position, self.rpy = expert.position[0].copy(), expert.rpy[0].copy()
+        self.gripper = float(expert.gripper[0])
         self.obj_r = {o.name: o.rotation for o in self.plan.objects}
         self.obj_t = {o.name: o.position.copy() for o in self.plan.objects}
         self.joints = {o.name: o.joint for o in self.plan.objects}
@@ -227,7 +228,8 @@ class TabletopEnv:
             return (self.joints[g.name] - g.value) * g.direction >= 0
         if g.kind == "place":
             where = self.obj_t[g.name]
-            return g.name in self.lifted and self.held != g.name and np.linalg.norm(where[:2] - np.asarray(g.point)[:2]) < g.radius
+            return g.name in self.lifted and self.held != g.name \
+                and np.linalg.norm(where[:2] - np.asarray(g.point)[:2]) < g.radius
         if g.kind == "tool":
             if self.held != g.name:
                 return False

@@ -20,14 +20,20 @@ import cv2
 import numpy as np
 
 from maniflow import __version__
-from maniflow.geometry import cam2world_gl_from_extrinsic_cv, intrinsics_from_fovy, \
-    look_at_extrinsic_cv
-from maniflow.robotwin import DEFAULT_CONFIG_NAMES, ENVS, LAYOUTS, SINGLE_ARM_TASKS, CameraMatrices, \
-    EpisodeContents, write_robotwin_episode, write_xpolicylab_episode
+from maniflow.geometry import cam2world_gl_from_extrinsic_cv, intrinsics_from_fovy, look_at_extrinsic_cv
+from maniflow.robotwin import (
+    DEFAULT_CONFIG_NAMES,
+    ENVS,
+    LAYOUTS,
+    SINGLE_ARM_TASKS,
+    CameraMatrices,
+    EpisodeContents,
+    write_robotwin_episode,
+    write_xpolicylab_episode,
+)
 from maniflow.storage import write_json
 from maniflow.synthetic import arm as armlib
-from maniflow.synthetic.render import Background, CameraView, Lighting, PartSpec, Scene, box_mesh, \
-    frustum_mesh, render
+from maniflow.synthetic.render import Background, CameraView, Lighting, PartSpec, Scene, box_mesh, frustum_mesh, render
 from maniflow.synthetic.tasks import TASKS, ObjectPart, SceneObject, TaskLayout, Waypoint, part_pose
 
 GENERATOR = f"maniflow.synthetic {__version__}"

@@ -97,7 +97,7 @@ class Scene:
 class Background:
     """Wall plus textured table top as seen by one camera; static for an episode."""
 
-    def __init__(self, camera: "CameraView", table_z: float, table_rect, table_rgb, wall_rgb,
+    def __init__(self, camera: CameraView, table_z: float, table_rect, table_rgb, wall_rgb,
                  lighting: Lighting, rng: np.random.Generator, texture_mm: float = 3.0):
         h, w = camera.height, camera.width
         rows = np.linspace(0.0, 1.0, h)[:, None, None]

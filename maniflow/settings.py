@@ -1,0 +1,144 @@
+"""The pipeline's settings whose stages live in heavy modules (torch), kept here so that the
+command line and the flows' parameter forms are built without importing those stages.
+
+    DatasetConfig   how training datasets are written (maniflow.datasets)
+    TrainOptions    what a user may change of a cell's preset (maniflow.train)
+    EvalConfig      closed-loop and offline evaluation (maniflow.evaluate)
+    PrepareConfig   source, path provider, client and datasets of prepare-data
+    PrepareJob      one (env, task) to prepare: the unit prepare-data maps its episodes over
+
+The other branches of the configuration tree sit with their light modules: `SourceOptions`
+(maniflow.robotwin.layout), `ProviderConfig` (maniflow.paths.label), `ClientConfig`
+(maniflow.paths.client), `Cell` (maniflow.workspace). docs/architecture.md draws the tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING
+
+from maniflow.config import config, setting
+from maniflow.paths.client import ClientConfig
+from maniflow.paths.label import ProviderConfig
+from maniflow.robotwin import SourceOptions
+from maniflow.workspace import Cell, Workspace
+
+if TYPE_CHECKING:
+    from maniflow.train import TrainConfig
+
+EVAL_SEED = 1000  # evaluation layouts: `maniflow generate` uses seed 0 unless told otherwise
+CAMERA = "head"  # the camera the datasets are made from
+
+
+@config
+class DatasetConfig:
+    """How training datasets are written."""
+
+    resolution: int = setting(224, "square training resolution")
+    dtype: str = setting("uint8", "image dtype; float32 (values 0-1, 4x the bytes) matches the user's old datasets",
+                         choices=("uint8", "float32"))
+    # Blosc-zstd level 1 (benchmarks/bench_datasets.py): level 3 saves ~10% of bytes for ~3x the
+    # encoding time, which would dominate rendering; shuffle only helps float32.
+    clevel: int = setting(1, "Blosc-zstd compression level", show=False)
+
+    def __post_init__(self):
+        if self.dtype not in ("uint8", "float32"):
+            raise ValueError(f"dtype {self.dtype!r}: uint8 or float32")
+        if self.resolution < 8:
+            raise ValueError(f"resolution {self.resolution} is too small")
+
+    def compressor(self):
+        import numcodecs
+
+        shuffle = numcodecs.Blosc.SHUFFLE if self.dtype == "float32" else numcodecs.Blosc.NOSHUFFLE
+        return numcodecs.Blosc(cname="zstd", clevel=self.clevel, shuffle=shuffle)
+
+
+@config
+class TrainOptions:
+    """What a user may change of a cell's preset (the cell names the preset and the seed)."""
+
+    epochs: int | None = setting(None, "override the preset's epochs")
+    batch_size: int | None = setting(None, "override the preset's batch size")
+    device: str | None = setting(None, "auto (the preset's default: cuda when available), cpu, cuda, cuda:1, ...")
+    val_every: int | None = setting(None, "epochs between validations (default: the preset's)")
+    checkpoint_every: int | None = setting(None, "epochs between latest.ckpt writes (default: the preset's)")
+    compile: bool = setting(False, "torch.compile the encoders and DiTX (minutes of compilation first)")
+    encoder_weights: str | None = setting(None, "local ResNet-18 state dict (ImageNet or R3M); default: random "
+                                          "initialisation")
+
+    def resolve(self, cell: Cell) -> TrainConfig:
+        """The cell's preset with the cell's seed and these overrides."""
+        from maniflow.train import PRESETS
+
+        overrides = {k: v for k, v in asdict(self).items() if v is not None and k != "encoder_weights"}
+        cfg = replace(PRESETS[cell.preset], seed=cell.seed, **overrides)
+        if self.encoder_weights:
+            cfg = replace(cfg, policy=replace(cfg.policy, encoder_weights=self.encoder_weights))
+        return cfg
+
+
+@config
+class EvalConfig:
+    """How cells are evaluated (the same for every cell of a report)."""
+
+    env: str = setting("cluttered", "evaluation scenes (every cell is evaluated on cluttered scenes)")
+    episodes: int = setting(20, "closed-loop episodes per cell")
+    seed: int = setting(EVAL_SEED, "seed of the evaluation layouts (the same for every cell)")
+    execute_steps: int = setting(8, "actions executed of each predicted chunk")
+    inference_steps: int | None = setting(None, "flow steps per prediction (default: the policy's)")
+    paths: ProviderConfig = setting(factory=lambda: ProviderConfig(kind="oracle"),
+                                    help="path source in closed loop, the provider interface of labelling; it "
+                                    "should be the one the training data's paths came from")
+    client: ClientConfig = setting(factory=ClientConfig, help="VLM endpoints when the path source asks a server")
+    offline: bool = setting(True, "also the offline action error on held-out episodes")
+    strips: int = setting(2, "closed-loop episodes kept as image strips for the report")
+    strip_frames: int = setting(8, "frames per strip")
+    batch_size: int = setting(64, "windows per batch of the offline metrics")
+    device: str = setting("auto", "auto (cuda when available), cpu, cuda, cuda:1, ...")
+
+    def env_config(self):
+        """The synthetic environment's settings of these layouts."""
+        from maniflow.synthetic.env import EnvConfig
+
+        return EnvConfig(seed=self.seed)
+
+    def identity(self) -> dict:
+        """What the results depend on: the settings, less the endpoints of a computed path source."""
+        out = asdict(self)
+        if self.paths.computed:
+            out["client"] = None
+        return out
+
+
+@config
+class PrepareConfig:
+    source: SourceOptions = setting(factory=SourceOptions, help="which RoboTwin recordings are read, and how")
+    provider: ProviderConfig = setting(factory=ProviderConfig, help="what answers each frame's path")
+    client: ClientConfig = setting(factory=ClientConfig, help="the VLM servers (unused by the oracle)")
+    dataset: DatasetConfig = setting(factory=DatasetConfig, help="how the training datasets are written")
+
+    def client_for(self, work) -> ClientConfig | None:
+        """The client of a VLM provider (None for a computed one). Its in-flight limits hold
+        across every process labelling in `work` (lock files under .locks/vlm)."""
+        if not self.provider.provider.needs_client:
+            return None
+        return replace(self.client, slot_dir=self.client.slot_dir or str(Workspace.of(work).locks("vlm")))
+
+
+@config
+class PrepareJob:
+    """One (env, task) to prepare: the unit the flow maps its episodes over."""
+
+    root: str = setting(help="RoboTwin data root")
+    work: str = setting(help="work directory")
+    env: str = setting(help="clean or cluttered")
+    task: str = setting(help="task name")
+    cfg: PrepareConfig = setting(factory=PrepareConfig, help="how")
+
+    @property
+    def config_name(self) -> str:
+        return self.cfg.source.config_name(self.env)
+
+    def __str__(self) -> str:
+        return f"{self.env}/{self.task}"

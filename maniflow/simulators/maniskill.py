@@ -1,0 +1,29 @@
+"""ManiSkill 3 (CPU SAPIEN) evaluates the ManiSkill tasks: its layouts are the first `episodes`
+seeds from the evaluation seed that ManiSkill's expert solves, planned once into the work
+directory; the camera takes the training data's frame size."""
+
+from __future__ import annotations
+
+import zarr
+
+from maniflow.maniskill import DISTRACTORS, TASKS
+from maniflow.simulators import SIMULATORS, Simulator
+
+
+def _envs(task: str, cfg, workspace) -> list:
+    from maniflow.maniskill.env import ManiSkillEnv, read_trajectories
+    from maniflow.maniskill.planner import plan_demos
+
+    if workspace is None:
+        raise ValueError(f"{task}: ManiSkill evaluation needs the work directory (its expert plans live there)")
+    plans = workspace.maniskill_plans(task, cfg.env, cfg.seed, cfg.episodes)
+    plan_demos(plans, task, DISTRACTORS[cfg.env], cfg.episodes, cfg.seed)
+    env_info, trajs = read_trajectories(plans / "trajectory.h5")
+    frames = zarr.open_group(workspace.frames(cfg.env, task), mode="r")["data/rgb"]
+    camera = {"sensor_configs": {"width": int(frames.shape[2]), "height": int(frames.shape[1])}}
+    kwargs = {**env_info["env_kwargs"], **camera}
+    return [ManiSkillEnv(task, kwargs, t) for t in trajs]
+
+
+SIMULATORS.register("maniskill", Simulator("maniskill", "ManiSkill 3 (SAPIEN, CPU)", lambda: TASKS, _envs,
+                                           exclusive=True))

@@ -1,0 +1,180 @@
+"""The work directory: every path the project writes, and the typed key of a training cell.
+
+    frames/{env}/{task}[@camera].zarr                    decoded episodes (maniflow.frames)
+    paths/{label}/{env}/{task}[@camera]/                 path answers per episode (maniflow.paths)
+    datasets/{env}_{kind}[-label]_{task}.zarr            training datasets (maniflow.datasets)
+    datasets/parts/{env}/{task}/{original|label}/episodeN  rendered episode parts
+    datasets/previews/{env}_{task}[-label].png           contact sheets (and .mp4 episodes)
+    runs/{cell}/                                         one training cell (maniflow.train)
+    runs/{cell}/eval/{key}.json                          its evaluation records (maniflow.evaluate)
+    eval/baselines/{task}-{key}.json                     do-nothing and expert baselines
+    maniskill/eval-plans/{task}/{env}-seed{S}-n{N}/      ManiSkill expert plans of evaluation layouts
+    reports/{name}/                                      experiment reports (maniflow.report)
+    .locks/{name}/                                       lock files shared by processes
+
+Nothing else builds these names: library, CLI and flows ask a `Workspace`, and a training cell
+travels as a `Cell` from the matrix to training, evaluation and the report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from maniflow.config import config, setting
+
+DEFAULT_LABEL = "hamster"  # the user's path provider; other labels are named in store names
+DATASET_KINDS = ("original", "overlay", "concat")
+
+
+@config
+class Cell:
+    """One cell of the experiment matrix: what a training run is, and its directory's name."""
+
+    env: str = setting("cluttered", "training data: clean or cluttered")
+    condition: str = setting("overlay_initial_current", "model condition (maniflow.conditions)",
+                             choices=lambda: _conditions().names())
+    task: str = setting("beat_block_hammer", "task name")
+    seed: int = setting(0, "training seed")
+    preset: str = setting("paper", "training preset: paper (the user's settings) or demo (toy sizes)",
+                          choices=lambda: _presets())
+    label: str = setting(DEFAULT_LABEL, "path label of the overlay datasets")
+
+    def __post_init__(self):
+        from maniflow.robotwin import ENVS
+
+        if self.env not in ENVS:
+            raise ValueError(f"env {self.env!r}: choose from {', '.join(ENVS)}")
+        if self.condition not in _conditions():
+            raise ValueError(f"condition {self.condition!r}: choose from {', '.join(_conditions().names())}")
+
+    @property
+    def name(self) -> str:
+        """The run directory's name: `{env}_{condition}[-label]_{task}_{preset}_seed{seed}`."""
+        suffix = "" if self.label == DEFAULT_LABEL else f"-{self.label}"
+        return f"{self.env}_{self.condition}{suffix}_{self.task}_{self.preset}_seed{self.seed}"
+
+    @property
+    def dataset_kind(self) -> str:
+        return _conditions()[self.condition].dataset
+
+    def __str__(self) -> str:
+        label = "" if self.label == DEFAULT_LABEL else f" [{self.label}]"
+        return f"{self.env}/{self.condition}/{self.task} seed {self.seed}{label}"
+
+
+def _conditions():
+    from maniflow.conditions import CONDITIONS
+
+    return CONDITIONS
+
+
+def _presets() -> tuple[str, ...]:
+    from maniflow.train import PRESETS
+
+    return tuple(PRESETS)
+
+
+def _camera_name(task: str, camera: str) -> str:
+    return task if camera == "head" else f"{task}@{camera}"
+
+
+class Workspace:
+    """The layout of one work directory (pure path arithmetic; nothing is created)."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    @classmethod
+    def of(cls, work) -> Workspace:
+        return work if isinstance(work, Workspace) else cls(work)
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.root)!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Workspace) and self.root == other.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    # -- frames and paths -----------------------------------------------------------------------
+    def frames(self, env: str, task: str, camera: str = "head") -> Path:
+        return self.root / "frames" / env / f"{_camera_name(task, camera)}.zarr"
+
+    def frames_stores(self, envs=None, tasks=None, camera: str = "head") -> list[tuple[str, str]]:
+        """The (env, task) pairs with a frames store of `camera` (all envs and tasks by default)."""
+        found = []
+        for path in sorted((self.root / "frames").glob("*/*.zarr")):
+            env = path.parent.name
+            task, _, cam = path.name[:-len(".zarr")].partition("@")
+            if (cam or "head") == camera and (not envs or env in envs) and (not tasks or task in tasks):
+                found.append((env, task))
+        return found
+
+    def all_frames_stores(self) -> list[Path]:
+        """Every frames store, of every camera."""
+        return sorted((self.root / "frames").glob("*/*.zarr"))
+
+    def paths(self, label: str, env: str, task: str, camera: str = "head") -> Path:
+        return self.root / "paths" / label / env / _camera_name(task, camera)
+
+    def locks(self, name: str) -> Path:
+        return self.root / ".locks" / name
+
+    # -- datasets -------------------------------------------------------------------------------
+    @staticmethod
+    def dataset_name(env: str, kind: str, task: str, label: str = DEFAULT_LABEL) -> str:
+        if kind not in DATASET_KINDS:
+            raise ValueError(f"dataset type {kind!r}: choose from {DATASET_KINDS}")
+        suffix = "" if kind == "original" or label == DEFAULT_LABEL else f"-{label}"
+        return f"{env}_{kind}{suffix}_{task}.zarr"
+
+    def dataset(self, env: str, kind: str, task: str, label: str = DEFAULT_LABEL) -> Path:
+        return self.root / "datasets" / self.dataset_name(env, kind, task, label)
+
+    def cell_dataset(self, cell: Cell, env: str | None = None) -> Path:
+        """The dataset a cell trains on (or, with `env`, the same kind of dataset of that env)."""
+        return self.dataset(env or cell.env, cell.dataset_kind, cell.task, cell.label)
+
+    def dataset_part(self, env: str, task: str, which: str, episode: int) -> Path:
+        """`which` is "original" or a path label."""
+        return self.root / "datasets" / "parts" / env / task / which / f"episode{episode}"
+
+    def preview(self, env: str, task: str, label: str = DEFAULT_LABEL, episode: int | None = None) -> Path:
+        """The contact sheet of (env, task, label), or with `episode` that episode's video."""
+        suffix = "" if label == DEFAULT_LABEL else f"-{label}"
+        name = f"{env}_{task}{suffix}" + ("" if episode is None else f"_episode{episode}")
+        return self.root / "datasets" / "previews" / (f"{name}.png" if episode is None else f"{name}.mp4")
+
+    # -- runs, evaluation, reports --------------------------------------------------------------
+    def run(self, cell: Cell) -> Path:
+        return self.root / "runs" / cell.name
+
+    def cells(self, preset: str | None = None) -> list[Cell]:
+        """The cells (of `preset`) with a run directory, finished or not."""
+        cells = [read_cell(p.parent) for p in sorted((self.root / "runs").glob("*/config.json"))
+                 if "cell" in json.loads(p.read_text())]
+        return [c for c in cells if preset is None or c.preset == preset]
+
+    def eval_record(self, run, key: str) -> Path:
+        return Path(run) / "eval" / f"{key}.json"
+
+    def baselines(self, task: str, key: str) -> Path:
+        return self.root / "eval" / "baselines" / f"{task}-{key}.json"
+
+    def maniskill_plans(self, task: str, env: str, seed: int, episodes: int) -> Path:
+        return self.root / "maniskill" / "eval-plans" / task / f"{env}-seed{seed}-n{episodes}"
+
+    def report(self, name: str) -> Path:
+        return self.root / "reports" / name
+
+
+def read_cell(run) -> Cell:
+    """The cell a run directory trains (its config.json)."""
+    path = Path(run) / "config.json"
+    recorded = json.loads(path.read_text())
+    if "cell" not in recorded:
+        raise ValueError(f"{path}: no cell recorded (an older version wrote it); `maniflow train` of the same "
+                         "cell records it and returns at once when the run is finished")
+    return Cell(**recorded["cell"])

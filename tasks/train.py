@@ -1,0 +1,56 @@
+"""Training tasks: the state of a cell, and training one cell with a progress artifact."""
+
+from __future__ import annotations
+
+import base64
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+
+from maniflow.datasets import dataset_complete
+from maniflow.settings import TrainOptions
+from maniflow.train import cell_finished, train_cell
+from maniflow.workspace import Cell, Workspace
+
+
+def artifact_key(cell: Cell) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return "".join(c if c.isalnum() else "-" for c in f"train-{cell.name}".lower())
+
+
+@task(name="cell-state", task_run_name="state of {cell}")
+def cell_state(work: str, cell: Cell) -> str:
+    """finished, no dataset, or todo."""
+    if cell_finished(work, cell):
+        return "finished"
+    return "todo" if dataset_complete(Workspace(work).cell_dataset(cell)) else "no dataset"
+
+
+@task(name="finished-cells", task_run_name="finished cells of {preset}")
+def finished_cells(work: str, preset: str) -> list[Cell]:
+    """The cells of `preset` whose training finished."""
+    return [c for c in Workspace(work).cells(preset) if cell_finished(work, c)]
+
+
+@task(name="train-cell", task_run_name="train {cell}")
+def train(work: str, cell: Cell, options: TrainOptions) -> dict:
+    """Train (or resume) the cell; a progress artifact follows the epochs, a markdown artifact
+    shows the loss curve."""
+    progress_id = create_progress_artifact(0.0, key=artifact_key(cell), description=f"training {cell}")
+    last_epoch = {"n": -1}
+
+    def on_step(info: dict) -> None:
+        if info["epoch"] != last_epoch["n"]:  # one update per epoch keeps the API quiet
+            last_epoch["n"] = info["epoch"]
+            update_progress_artifact(progress_id, 100.0 * info["step"] / info["total_steps"],
+                                     description=f"epoch {info['epoch'] + 1}/{info['epochs']} loss {info['loss']:.4f}")
+
+    result = train_cell(work, cell, options, progress=on_step)
+    update_progress_artifact(progress_id, 100.0, description=f"done: {result.epochs} epochs")
+    curve = result.run / "loss.png"
+    if curve.exists():
+        image = base64.b64encode(curve.read_bytes()).decode()
+        create_markdown_artifact(f"### {cell}\n\nbest validation loss {result.val_loss}\n\n"
+                                 f"![loss](data:image/png;base64,{image})", key=f"{artifact_key(cell)}-loss")
+    return {"run": str(result.run), "epochs": result.epochs, "steps": result.steps, "val_loss": result.val_loss,
+            "best": str(result.best) if result.best else None}

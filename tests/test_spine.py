@@ -1,0 +1,181 @@
+"""The typed spine: one configuration tree behind the library, the CLI and the flows; one
+workspace layout; registries for providers, conditions and simulators."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from maniflow.cli import build_parser
+from maniflow.config import cli_flags, fields, from_args, is_config
+from maniflow.paths.client import ClientConfig
+from maniflow.paths.label import ProviderConfig
+from maniflow.settings import EvalConfig, PrepareConfig, TrainOptions
+from maniflow.workspace import Cell, Workspace, read_cell
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def _leaves(cls, prefix=""):
+    """Every leaf field of a configuration class, as dotted names."""
+    out = set()
+    for name, info in fields(cls).items():
+        out |= _leaves(info.annotation, f"{prefix}{name}.") if is_config(info.annotation) else {prefix + name}
+    return out
+
+
+def _command(name: str):
+    return build_parser()._subparsers._group_actions[0].choices[name]
+
+
+def test_each_cli_command_exposes_every_option_of_its_configuration():
+    def dests(command):
+        return {a.dest for a in _command(command)._actions}
+
+    assert _leaves(ProviderConfig) | _leaves(ClientConfig) <= dests("paths")
+    assert _leaves(EvalConfig) - {"paths.fallback"} <= dests("evaluate")
+    assert _leaves(Cell) | _leaves(TrainOptions) <= dests("train")
+    assert {"resolution", "dtype"} <= dests("render")
+    assert {"clean_config", "cluttered_config", "embodiment", "layout", "tcp_offset"} <= dests("extract")
+    assert cli_flags(TrainOptions) == _leaves(TrainOptions)
+
+
+def test_cli_options_become_the_same_typed_configs_the_flows_take():
+    """A Qwen-style endpoint (0-1000 coordinates, a key, longer answers) in closed-loop evaluation:
+    the options reach the evaluation's path source, as the flow's parameters do."""
+    args = build_parser().parse_args(
+        ["evaluate", "--provider", "openai", "--model", "qwen3-vl", "--coords", "thousand", "--max-tokens", "1024",
+         "--endpoints", "http://127.0.0.1:8000-8001/v1", "--api-key-env", "QWEN_KEY", "--env", "clean",
+         "--episodes", "7", "--no-offline"])
+    cfg = from_args(EvalConfig, args)
+    assert cfg.paths == ProviderConfig(kind="openai", model="qwen3-vl", coords="thousand", max_tokens=1024)
+    assert cfg.client.endpoints == ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1")
+    assert cfg.client.api_key_env == "QWEN_KEY" and cfg.env == "clean" and cfg.episodes == 7 and not cfg.offline
+    # The flow parameter that holds the same settings, as JSON from the UI or prefect.yaml.
+    assert EvalConfig(**json.loads(json.dumps(asdict(cfg)))) == cfg
+    from flows.evaluate import EvaluateParams
+
+    assert EvaluateParams(evaluation=asdict(cfg)).evaluation == cfg
+
+
+def test_the_prefect_ui_form_shows_every_option_with_its_help():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.train_matrix import train_matrix
+
+    schema = parameter_schema(train_matrix.fn).model_dump()["definitions"]
+    for cls in (ProviderConfig, ClientConfig, EvalConfig, TrainOptions, PrepareConfig):
+        shown = schema[cls.__name__]["properties"]
+        assert set(shown) == set(fields(cls)), cls.__name__
+        assert all(p.get("description") for p in shown.values()), cls.__name__
+    assert schema["ProviderConfig"]["properties"]["coords"]["default"] == "unit"
+
+
+def test_configs_refuse_unknown_keys_and_bad_values_with_the_field_name():
+    with pytest.raises(ValueError, match="endpiont\n  Unexpected keyword argument"):
+        ClientConfig(endpiont=("http://x",))
+    with pytest.raises(ValueError, match="provider 'qwen': choose from"):
+        ProviderConfig(kind="qwen")
+    with pytest.raises(ValueError, match="condition 'rgb'"):
+        Cell(condition="rgb")
+    assert ClientConfig(endpoints="http://h:1-3").endpoints == ("http://h:1", "http://h:2", "http://h:3")
+
+
+def test_a_cell_travels_from_its_run_directory_unchanged(tmp_path):
+    cell = Cell(env="clean", condition="overlay_current", task="click_bell", seed=2, preset="demo", label="oracle")
+    work = Workspace(tmp_path)
+    assert work.run(cell).name == "clean_overlay_current-oracle_click_bell_demo_seed2"
+    assert work.cell_dataset(cell).name == "clean_overlay-oracle_click_bell.zarr"
+    assert work.cell_dataset(cell, "cluttered").name == "cluttered_overlay-oracle_click_bell.zarr"
+    run = work.run(cell)
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"cell": asdict(cell)}))
+    assert read_cell(run) == cell and work.cells("demo") == [cell] and work.cells("paper") == []
+    old = work.root / "runs" / "old"
+    old.mkdir()
+    (old / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="no cell recorded"):
+        read_cell(old)
+    assert work.cells() == [cell]  # an older run without a cell is not mistaken for one
+
+
+def test_a_new_path_provider_is_one_registration(work_copy, monkeypatch):
+    """A provider registered from outside the package labels a store, appears among the CLI's
+    choices and is refused nowhere else."""
+    from maniflow.cli import main
+    from maniflow.paths.protocol import format_hamster_answer
+    from maniflow.paths.providers import PROVIDERS, PathProvider
+    from maniflow.paths.store import PathStore
+
+    class Centre(PathProvider):
+        name = "centre"
+        computed, needs_client = True, False
+
+        def identity(self, cfg):
+            return {"kind": "centre"}
+
+        def answer(self, frames, store, episodes, cfg, client, deliver):
+            for ep in episodes:
+                for t in sorted(ep.missing):
+                    deliver(ep, t, {"raw": format_hamster_answer([(0.5, 0.5, 1), (0.6, 0.5, 0)]),
+                                    "endpoint": "centre"})
+            return []
+
+    monkeypatch.setitem(PROVIDERS._entries, "centre", Centre())
+    assert "centre" in _command("paths")._option_string_actions["--provider"].choices
+    assert main(["paths", "--provider", "centre", "--work", str(work_copy), "--envs", "clean",
+                 "--tasks", "click_bell"]) == 0
+    stored = PathStore(Workspace(work_copy).paths("centre", "clean", "click_bell"))
+    first = stored.read(stored.episodes()[0])
+    assert first.paths[0] == [(0.5, 0.5, 1), (0.6, 0.5, 0)]
+
+
+def test_registries_name_the_choices():
+    from maniflow.conditions import CONDITIONS, matrix_conditions
+    from maniflow.registry import Registry
+    from maniflow.simulators import simulator_for
+
+    assert matrix_conditions() == ["original", "overlay_current", "overlay_initial_current"]
+    with pytest.raises(ValueError, match="unknown model condition 'x': choose from original, overlay_current"):
+        CONDITIONS["x"]
+    assert simulator_for("push_cube").name == "maniskill" and simulator_for("click_bell").name == "synthetic"
+    with pytest.raises(ValueError, match="no simulator evaluates task 'fold_towel'"):
+        simulator_for("fold_towel")
+    registry = Registry("thing")
+    registry.register("a", 1)
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register("a", 2)
+
+
+def test_running_a_deployment_without_a_server_says_how_to_get_one(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "deployments/run.py", "train-matrix/demo"], cwd=PROJECT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        "run.py: no Prefect server is configured (PREFECT_API_URL is unset): start the project's stack with "
+        "`make up`, then `eval \"$(deployments/stack.sh env)\"` in this shell"]
+
+
+def test_flows_call_tasks_and_never_library_functions():
+    """Flows import from maniflow only configuration types and registries' readers: the work is in
+    tasks, thin wrappers over the library."""
+    import ast
+    import importlib
+
+    allowed_functions = {"matrix_conditions"}  # a default for the UI form
+    for path in (PROJECT / "flows").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("maniflow"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    obj = getattr(module, alias.name)
+                    assert isinstance(obj, type) or alias.name in allowed_functions or not callable(obj), \
+                        f"{path.name} imports {node.module}.{alias.name}"
