@@ -130,6 +130,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP) maniskill
+	$(BIN)/python benchmarks/bench_cli.py
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_overlay.py
 	$(BIN)/python benchmarks/bench_paths.py

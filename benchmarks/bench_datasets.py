@@ -117,7 +117,7 @@ def main() -> None:
 
         prepare = {}
         for workers in (1, 2):
-            shutil.rmtree(work / "datasets", ignore_errors=True)
+            shutil.rmtree(Workspace(work).dataset(ENV, "original", TASK).parent, ignore_errors=True)
             start = time.perf_counter()
             if workers == 1:
                 report = render_task(work, ENV, TASK)

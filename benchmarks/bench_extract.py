@@ -29,6 +29,7 @@ import numpy as np
 from maniflow.frames import FramesStore, assemble_frames_store, extract_task, parts_dir, worker_pool
 from maniflow.robotwin import DEFAULT_CONFIG_NAMES, discover_episodes
 from maniflow.synthetic import GeneratorConfig, generate_dataset
+from maniflow.workspace import Workspace
 
 
 def _files(path: Path):
@@ -50,7 +51,7 @@ def extract_all(root: Path, work: Path, workers: int) -> dict:
 
 
 def store_sizes(work: Path) -> dict:
-    stores = sorted((work / "frames").glob("*/*.zarr"))
+    stores = Workspace(work).all_frames_stores()
     frames = sum(FramesStore(s).num_frames for s in stores)
     store_files = [f for s in stores for f in _files(s)]
     store_inodes = {f.stat().st_ino for f in store_files}
@@ -67,7 +68,7 @@ def assembly(root: Path, work: Path) -> dict:
     env, config = "cluttered", DEFAULT_CONFIG_NAMES["cluttered"]
     task = sorted({r.task for r in discover_episodes(root, configs=[config])})[0]
     refs = discover_episodes(root, tasks=[task], configs=[config])
-    store = work / "frames" / env / f"{task}.zarr"
+    store = Workspace(work).frames(env, task)
     out = {"task": f"{env}/{task}", "frames": FramesStore(store).num_frames}
     for mode, link in (("link", True), ("reencode", False)):
         start = time.perf_counter()
@@ -78,7 +79,7 @@ def assembly(root: Path, work: Path) -> dict:
 
 def codecs(work: Path, sample: int = 200) -> dict:
     """Bytes per frame and encode time of RGB codecs on the same decoded frames."""
-    stores = sorted((work / "frames").glob("*/*.zarr"))
+    stores = Workspace(work).all_frames_stores()
     rng = np.random.default_rng(0)
     frames = []
     for s in stores:
@@ -111,7 +112,7 @@ def layouts(scratch: Path, episodes: int = 5) -> dict:
         refs = discover_episodes(root)
         out[layout] = extract_all(root, scratch / f"work-{layout}", workers=1)
         out[layout]["source_bytes_per_frame"] = round(sum(r.path.stat().st_size for r in refs) / out[layout]["frames"])
-        stores[layout] = sorted((scratch / f"work-{layout}" / "frames").glob("*/*.zarr"))
+        stores[layout] = Workspace(scratch / f"work-{layout}").all_frames_stores()
     names = ("rgb", "state", "action", "left_endpose", "right_endpose_next", "right_gripper")
     out["identical_rows"] = all(np.array_equal(FramesStore(a).array(n), FramesStore(b).array(n))
                                 for a, b in zip(stores["robotwin2"], stores["xpolicylab"]) for n in names)

@@ -63,8 +63,9 @@ def request_bodies(work: Path, limit: int) -> list[bytes]:
     frames = FramesStore(Workspace.of(work).frames(ENV, TASK))
     instruction = frames.episodes[0]["instructions"]["seen"][0]
     rgb = frames.rgb(0)
+    hamster = ProviderConfig()
     return [json.dumps(request_body(jpeg_data_url(rgb[t % len(rgb)]), instruction, WIRES["hamster"],
-                                    "HAMSTER_dev", 512)).encode() for t in range(limit)]
+                                    hamster.model, hamster.max_tokens)).encode() for t in range(limit)]
 
 
 def sequential(url: str, bodies: list[bytes]) -> float:

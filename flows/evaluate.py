@@ -8,7 +8,6 @@ table artifact of every cell's result.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
@@ -18,14 +17,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from maniflow.settings import EvalConfig
-from maniflow.workspace import Cell, Workspace
+from maniflow.workspace import Cell, Workspace, default_work
 from tasks.evaluate import baselines, report
 from tasks.evaluate import evaluate as evaluate_task
 from tasks.train import finished_cells
 
 
 class EvaluateParams(BaseModel):
-    work: str = Field(os.environ.get("MANIFLOW_WORK", "work"))
+    work: str = Field(default_factory=default_work)
     cells: list[Cell] = Field([], description="cells to evaluate; empty: every finished cell of the preset")
     preset: str = "paper"
     evaluation: EvalConfig = Field(default_factory=EvalConfig, description="the same for every cell")

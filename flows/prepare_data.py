@@ -19,20 +19,20 @@ from pydantic import BaseModel, Field
 
 from maniflow.robotwin import ENVS, SINGLE_ARM_TASKS
 from maniflow.settings import PrepareConfig, PrepareJob
+from maniflow.workspace import default_root, default_work
 from tasks.prepare import assemble, extract, label_episode, render
 
 
 class PrepareParams(BaseModel):
-    """What to prepare (root, work, envs, tasks) and how (`config`: the same tree `maniflow
-    prepare` takes). Defaults: the user's six single-arm tasks in both envs, HAMSTER paths."""
+    """What to prepare (root, work, envs, tasks) and how (`data`: source, provider, client,
+    datasets; the CLI's extract, paths and render take the same classes). Defaults: the user's
+    six single-arm tasks in both envs, HAMSTER paths."""
 
-    root: str = Field(os.environ.get("MANIFLOW_DATA", "data/robotwin"), description="RoboTwin data root")
-    work: str = Field(os.environ.get("MANIFLOW_WORK", "work"), description="where stores are written")
+    root: str = Field(default_factory=default_root, description="RoboTwin data root")
+    work: str = Field(default_factory=default_work, description="where stores are written")
     envs: list[str] = Field(list(ENVS))
     tasks: list[str] = Field(list(SINGLE_ARM_TASKS))
-    config: PrepareConfig = Field(default_factory=PrepareConfig, description="source, provider, client, dataset")
-    label_retries: int = Field(2, description="retries of an episode whose endpoints failed")
-    label_retry_delay_s: float = Field(60.0, description="seconds before such a retry")
+    data: PrepareConfig = Field(default_factory=PrepareConfig, description="source, provider, client, dataset")
 
 
 def dask_runner(address: str | None = None) -> DaskTaskRunner:
@@ -47,11 +47,12 @@ def dask_runner(address: str | None = None) -> DaskTaskRunner:
 @flow(name="prepare-data", task_runner=dask_runner(), log_prints=True)
 def prepare_data(params: PrepareParams = PrepareParams()) -> dict:
     root, work = str(Path(params.root).resolve()), str(Path(params.work).resolve())
-    label = label_episode.with_options(retries=params.label_retries, retry_delay_seconds=params.label_retry_delay_s)
+    label = label_episode.with_options(retries=params.data.label_retries,
+                                       retry_delay_seconds=params.data.label_retry_delay_s)
     results = {}
     for env in params.envs:
         for task_name in params.tasks:
-            job = PrepareJob(root=root, work=work, env=env, task=task_name, cfg=params.config)
+            job = PrepareJob(root=root, work=work, env=env, task=task_name, cfg=params.data)
             numbers = extract.submit(job).result()["episodes"]
             labelled = label.map(unmapped(job), numbers)
             rendered = render.map(unmapped(job), numbers, labelled)

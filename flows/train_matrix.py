@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from flows.evaluate import EvaluateParams, evaluate
 from flows.prepare_data import PrepareParams, dask_runner, prepare_data
@@ -29,7 +29,7 @@ from flows.train_run import CellParams
 from maniflow.conditions import matrix_conditions
 from maniflow.robotwin import ENVS, SINGLE_ARM_TASKS
 from maniflow.settings import EvalConfig, PrepareConfig, TrainOptions
-from maniflow.workspace import Cell
+from maniflow.workspace import Cell, default_root, default_work
 from tasks.train import cell_state
 
 
@@ -37,8 +37,8 @@ class MatrixParams(BaseModel):
     """The experiment: the user's six single-arm tasks x both training envs x three model
     conditions, `paper` preset, evaluated on cluttered scenes."""
 
-    work: str = Field(os.environ.get("MANIFLOW_WORK", "work"))
-    root: str = Field(os.environ.get("MANIFLOW_DATA", "data/robotwin"), description="RoboTwin data root")
+    work: str = Field(default_factory=default_work)
+    root: str = Field(default_factory=default_root, description="RoboTwin data root")
     envs: list[str] = Field(list(ENVS), description="training data: clean and/or cluttered")
     tasks: list[str] = Field(list(SINGLE_ARM_TASKS))
     conditions: list[str] = Field(default_factory=matrix_conditions, description="model conditions "
@@ -50,12 +50,19 @@ class MatrixParams(BaseModel):
     dask_address: str = Field(os.environ.get("MANIFLOW_DASK_ADDRESS", ""),
                               description="Dask scheduler for prepare-data (empty: a local cluster)")
     data: PrepareConfig = Field(default_factory=PrepareConfig, description="path labelling and rendering")
-    label_retries: int = Field(2, description="retries of an episode whose endpoints failed")
-    label_retry_delay_s: float = Field(60.0, description="seconds before such a retry")
     evaluation: EvalConfig = Field(default_factory=EvalConfig, description="the same for every cell")
     train_deployment: str = Field("train-run/cell", description="deployment that trains one cell")
     poll_s: float = 10.0
     report: str = Field("", description="report name under {work}/reports (default: the preset)")
+
+    @model_validator(mode="after")
+    def _closed_loop_reads_paths_as_labelled(self) -> MatrixParams:
+        """A VLM path source in closed loop parses answers as the training data's were parsed."""
+        train, closed = self.data.provider, self.evaluation.paths
+        if closed.kind == train.kind and closed.coords != train.coords:
+            raise ValueError(f"the training paths read {train.kind}'s answers as {train.coords} coordinates, the "
+                             f"closed-loop paths as {closed.coords}: set evaluation.paths.coords to {train.coords}")
+        return self
 
     def cells(self) -> list[Cell]:
         label = self.data.provider.name
@@ -69,8 +76,7 @@ def train_matrix(params: MatrixParams = MatrixParams()) -> dict:
     work = str(Path(params.work).resolve())
     if params.prepare:
         data = PrepareParams(root=str(Path(params.root).resolve()), work=work, tasks=params.tasks,
-                             envs=sorted(set(params.envs) | {params.evaluation.env}), config=params.data,
-                             label_retries=params.label_retries, label_retry_delay_s=params.label_retry_delay_s)
+                             envs=sorted(set(params.envs) | {params.evaluation.env}), data=params.data)
         prepare = prepare_data.with_options(task_runner=dask_runner(params.dask_address or None))
         state = prepare(data, return_state=True)
         if not state.is_completed():  # cells whose datasets exist still run

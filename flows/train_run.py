@@ -6,18 +6,16 @@ again (or retrying it) resumes from the cell's latest checkpoint; a finished cel
 
 from __future__ import annotations
 
-import os
-
 from prefect import flow
 from pydantic import BaseModel, Field
 
 from maniflow.settings import TrainOptions
-from maniflow.workspace import Cell
+from maniflow.workspace import Cell, default_work
 from tasks.train import train
 
 
 class CellParams(BaseModel):
-    work: str = Field(os.environ.get("MANIFLOW_WORK", "work"))
+    work: str = Field(default_factory=default_work)
     cell: Cell = Field(default_factory=Cell, description="env, condition, task, seed, preset, path label")
     train: TrainOptions = Field(default_factory=TrainOptions, description="overrides of the preset")
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from maniflow.config import add_options, csv, from_args
 from maniflow.robotwin import CAMERAS, ENVS, LAYOUTS, SINGLE_ARM_TASKS, SourceOptions, discover_episodes
-from maniflow.workspace import Cell, Workspace
+from maniflow.workspace import DEFAULT_LABEL, Cell, Workspace, default_root, default_work
 
-DEFAULT_DATA = os.environ.get("MANIFLOW_DATA", "data/robotwin")
-DEFAULT_WORK = os.environ.get("MANIFLOW_WORK", "work")
+DEFAULT_DATA = default_root()
+DEFAULT_WORK = default_work()
 
 
 def _config_names(args) -> dict[str, str]:
@@ -328,7 +328,7 @@ def cmd_import_paths(args) -> int:
     from maniflow.paths.label import ProviderConfig
     from maniflow.paths.legacy import import_hamster_dir
 
-    provider = ProviderConfig(kind="hamster", model=args.model, label=args.label)
+    provider = from_args(ProviderConfig, args, kind="hamster")
     tasks = args.tasks or sorted(p.name for p in Path(args.src).iterdir() if p.is_dir())
     for task in tasks:
         counts = import_hamster_dir(args.src, args.work, args.env, task, provider, camera=args.camera)
@@ -391,7 +391,7 @@ def _render_options(p: argparse.ArgumentParser) -> None:
                      "Per-episode parts are reused while their inputs are unchanged; stores are "
                      "replaced atomically. Also writes a contact sheet PNG per (env, task).")
     p.add_argument("--work", default=DEFAULT_WORK, help="work root with frames/ and paths/ (default %(default)s)")
-    p.add_argument("--label", default="hamster", help="path store to draw (default %(default)s)")
+    p.add_argument("--label", default=DEFAULT_LABEL, help="path store to draw (default %(default)s)")
     p.add_argument("--envs", type=csv, default=None, help="comma-separated: clean,cluttered (default: all found)")
     p.add_argument("--tasks", type=csv, default=None, help="comma-separated task names (default: all found)")
     add_options(p, DatasetConfig)
@@ -434,7 +434,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
                      "resumes from latest.ckpt to the same result as an uninterrupted run. On CUDA: bf16 "
                      "autocast, channels_last encoders, fused AdamW.")
     p.add_argument("--work", default=DEFAULT_WORK, help="work root with datasets/ (default %(default)s)")
-    add_options(p, Cell)
+    add_options(p, Cell, required=("env", "task", "condition"))
     add_options(p, TrainOptions)
     p.set_defaults(func=cmd_train)
 
@@ -444,11 +444,10 @@ def cmd_evaluate(args) -> int:
     from maniflow.report import build_report
     from maniflow.settings import EvalConfig
     from maniflow.train import cell_finished
-    from maniflow.workspace import read_cell
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     workspace = Workspace(args.work)
-    cells = [read_cell(r) for r in args.runs] if args.runs else workspace.cells(args.preset)
+    cells = [_cell_of_run(workspace, r) for r in args.runs] if args.runs else workspace.cells(args.preset)
     for c in [c for c in cells if not cell_finished(workspace, c)]:
         print(f"skipping {c}: training not finished", file=sys.stderr)
     cells = [c for c in cells if cell_finished(workspace, c)]
@@ -460,12 +459,24 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _cell_of_run(workspace: Workspace, run: Path):
+    """The cell a run directory under `workspace` trains (evaluation records live in the run)."""
+    from maniflow.workspace import read_cell
+
+    cell = read_cell(run)
+    if workspace.run(cell).resolve() != Path(run).resolve():
+        raise ValueError(f"{run} trains {cell}, whose run directory under --work {workspace.root} is "
+                         f"{workspace.run(cell)}; give the --work it belongs to")
+    return cell
+
+
 def _evaluate_options(p: argparse.ArgumentParser) -> None:
     from maniflow.settings import EvalConfig
 
     p.description = ("Evaluate every finished run under {work}/runs (or --runs): offline action error "
-                     "on the held-out cluttered episodes, closed-loop success in the synthetic environment on "
-                     "the same layouts for every cell, do-nothing and expert baselines; then write the report "
+                     "on the held-out cluttered episodes, closed-loop success in the task's simulator "
+                     "(maniflow.simulators) on the same layouts for every cell, do-nothing and expert "
+                     "baselines; then write the report "
                      "(markdown, tables, charts, roll-out strips). Results are cached per checkpoint.")
     p.add_argument("--work", default=DEFAULT_WORK, help="work root (default %(default)s)")
     p.add_argument("--runs", type=Path, nargs="*", default=None, help="run directories (default: all of --preset)")

@@ -77,51 +77,46 @@ def _unwrap(annotation) -> tuple[Any, bool]:
 
 
 def _reader(annotation) -> Callable[[str], Any]:
+    """How an option's text becomes the field's type: comma-separated for tuples and lists."""
     base, _ = _unwrap(annotation)
-    origin = typing.get_origin(base)
-    if origin in (tuple, list):
-        item = typing.get_args(base)[0] if typing.get_args(base) else str
+    if typing.get_origin(base) in (tuple, list):
+        item = (typing.get_args(base) or (str,))[0]
         return lambda text: tuple(item(x) for x in csv(text))
-    if typing.get_origin(base) is typing.Literal:
-        return str
     return base if base in (int, float, str) else str
 
 
-def _default(info: FieldInfo):
-    return info.default_factory() if info.default_factory is not None else info.default
-
-
 def add_options(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = (), prefix: str = "",
-                defaults: dict | None = None) -> None:
+                required: tuple[str, ...] = (), base=None) -> None:
     """Add one option per field of `cls` (nested config classes flattened; `prefix` + field name
-    is the parsed attribute). `defaults` overrides shown defaults, keyed by field name."""
+    is the parsed attribute). Defaults are those of `base` (default: `cls()`), so a nested
+    class shows its parent's default for it; `required` fields must be given."""
+    base = cls() if base is None else base
     for name, info in fields(cls).items():
         cli = _cli(info)
         if name in skip or not cli.show:
             continue
         annotation = info.annotation
+        default = getattr(base, name)
         if is_config(annotation):
-            add_options(parser, annotation, prefix=f"{prefix}{name}.", skip=skip,
-                        defaults=(defaults or {}).get(name))
+            add_options(parser, annotation, prefix=f"{prefix}{name}.", skip=skip, base=default)
             continue
-        default = (defaults or {}).get(name, _default(info))
         flag = "--" + (cli.flag or name).replace("_", "-")
-        choices = cli.choices
-        choices = choices() if callable(choices) else choices
-        base, _ = _unwrap(annotation)
-        if typing.get_origin(base) is typing.Literal:
-            choices = typing.get_args(base)
+        choices = cli.choices() if callable(cli.choices) else cli.choices
         help_text = info.description or ""
-        kwargs: dict[str, Any] = {"dest": prefix + name, "default": default}
-        if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction,
-                                help=f"{help_text} (default {'yes' if default else 'no'})", **kwargs)
-            continue
-        shown = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else default
-        if shown not in (None, "", ()) and "(default" not in help_text:
-            help_text = f"{help_text} (default {shown})"
-        parser.add_argument(flag, type=cli.parse or _reader(annotation), choices=choices,
-                            metavar=None if choices else flag[2:].upper(), help=help_text, **kwargs)
+        if name in required:
+            kwargs: dict[str, Any] = {"dest": prefix + name, "required": True}
+        else:
+            kwargs = {"dest": prefix + name, "default": default}
+            shown = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else default
+            if isinstance(default, bool):
+                shown = "yes" if default else "no"
+            if shown not in (None, "", ()) and "(default" not in help_text:
+                help_text = f"{help_text} (default {shown})"
+        if _unwrap(annotation)[0] is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text, **kwargs)
+        else:
+            parser.add_argument(flag, type=cli.parse or _reader(annotation), choices=choices,
+                                metavar=None if choices else flag[2:].upper(), help=help_text, **kwargs)
 
 
 def from_args(cls, args: argparse.Namespace, prefix: str = "", **given):

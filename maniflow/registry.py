@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
@@ -21,6 +22,8 @@ class Registry(Generic[T]):
         self.what, self.package = what, package
         self._entries: dict[str, T] = {}
         self._loaded = package is None
+        self._loading = False
+        self._lock = threading.RLock()  # the evaluate flow reads registries from several threads
 
     def register(self, name: str, entry: T) -> T:
         if name in self._entries and self._entries[name] is not entry:
@@ -29,11 +32,21 @@ class Registry(Generic[T]):
         return entry
 
     def _load(self) -> None:
-        if not self._loaded:
-            self._loaded = True  # first: a module may read the registry while registering
-            package = importlib.import_module(self.package)
-            for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
-                importlib.import_module(f"{self.package}.{module}")
+        """Import the package's modules once; other threads wait until every one is in, and a
+        module that reads the registry while it loads sees what is registered so far."""
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded or self._loading:
+                return
+            self._loading = True
+            try:
+                package = importlib.import_module(self.package)
+                for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
+                    importlib.import_module(f"{self.package}.{module}")
+                self._loaded = True
+            finally:
+                self._loading = False
 
     def __getitem__(self, name: str) -> T:
         self._load()

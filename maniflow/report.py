@@ -7,7 +7,7 @@
     {out}/training.png     validation loss curves of every cell
     {out}/strips/*.png     closed-loop roll-outs: observed frames with the overlay, outcome bar
 
-Built from `evaluate_run` records only, so the same report comes out of a train-matrix run,
+Built from `evaluate_cell` records only, so the same report comes out of a train-matrix run,
 the `evaluate` flow and `maniflow evaluate`.
 """
 

@@ -87,7 +87,7 @@ class EvalConfig:
     seed: int = setting(EVAL_SEED, "seed of the evaluation layouts (the same for every cell)")
     execute_steps: int = setting(8, "actions executed of each predicted chunk")
     inference_steps: int | None = setting(None, "flow steps per prediction (default: the policy's)")
-    paths: ProviderConfig = setting(factory=lambda: ProviderConfig(kind="oracle"),
+    paths: ProviderConfig = setting(ProviderConfig(kind="oracle"),
                                     help="path source in closed loop, the provider interface of labelling; it "
                                     "should be the one the training data's paths came from")
     client: ClientConfig = setting(factory=ClientConfig, help="VLM endpoints when the path source asks a server")
@@ -117,6 +117,8 @@ class PrepareConfig:
     provider: ProviderConfig = setting(factory=ProviderConfig, help="what answers each frame's path")
     client: ClientConfig = setting(factory=ClientConfig, help="the VLM servers (unused by the oracle)")
     dataset: DatasetConfig = setting(factory=DatasetConfig, help="how the training datasets are written")
+    label_retries: int = setting(2, "prepare-data: retries of an episode whose endpoints failed")
+    label_retry_delay_s: float = setting(60.0, "prepare-data: seconds before such a retry")
 
     def client_for(self, work) -> ClientConfig | None:
         """The client of a VLM provider (None for a computed one). Its in-flight limits hold

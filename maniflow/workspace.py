@@ -19,11 +19,22 @@ travels as a `Cell` from the matrix to training, evaluation and the report.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from maniflow.config import config, setting
 
 DEFAULT_LABEL = "hamster"  # the user's path provider; other labels are named in store names
+
+
+def default_work() -> str:
+    """The work directory when none is given: $MANIFLOW_WORK, else ./work."""
+    return os.environ.get("MANIFLOW_WORK", "work")
+
+
+def default_root() -> str:
+    """The RoboTwin data root when none is given: $MANIFLOW_DATA, else ./data/robotwin."""
+    return os.environ.get("MANIFLOW_DATA", "data/robotwin")
 DATASET_KINDS = ("original", "overlay", "concat")
 
 
@@ -47,6 +58,8 @@ class Cell:
             raise ValueError(f"env {self.env!r}: choose from {', '.join(ENVS)}")
         if self.condition not in _conditions():
             raise ValueError(f"condition {self.condition!r}: choose from {', '.join(_conditions().names())}")
+        if self.preset not in _presets():
+            raise ValueError(f"preset {self.preset!r}: choose from {', '.join(_presets())}")
 
     @property
     def name(self) -> str:
@@ -152,9 +165,14 @@ class Workspace:
         return self.root / "runs" / cell.name
 
     def cells(self, preset: str | None = None) -> list[Cell]:
-        """The cells (of `preset`) with a run directory, finished or not."""
-        cells = [read_cell(p.parent) for p in sorted((self.root / "runs").glob("*/config.json"))
-                 if "cell" in json.loads(p.read_text())]
+        """The cells (of `preset`) with a run directory, finished or not (a directory that holds
+        no cell, e.g. one set aside as `{run}.model-v1`, is not one)."""
+        cells = []
+        for recorded in sorted((self.root / "runs").glob("*/config.json")):
+            try:
+                cells.append(read_cell(recorded.parent))
+            except ValueError:
+                continue
         return [c for c in cells if preset is None or c.preset == preset]
 
     def eval_record(self, run, key: str) -> Path:
@@ -172,9 +190,27 @@ class Workspace:
 
 def read_cell(run) -> Cell:
     """The cell a run directory trains (its config.json)."""
-    path = Path(run) / "config.json"
-    recorded = json.loads(path.read_text())
-    if "cell" not in recorded:
-        raise ValueError(f"{path}: no cell recorded (an older version wrote it); `maniflow train` of the same "
-                         "cell records it and returns at once when the run is finished")
-    return Cell(**recorded["cell"])
+    run = Path(run)
+    recorded = json.loads((run / "config.json").read_text())
+    return Cell(**recorded["cell"]) if "cell" in recorded else _cell_before_0_5(run, recorded)
+
+
+def _cell_before_0_5(run: Path, recorded: dict) -> Cell:
+    """A run written before runs recorded their cell (maniflow < 0.5): the cell from the dataset
+    it trained on, its condition and seed, and the preset in its name, which must come out the
+    same as the directory's name."""
+    import zarr
+
+    try:
+        attrs = zarr.open_group(recorded["store"], mode="r").attrs.asdict()
+        condition, seed = recorded["condition"], recorded["train"]["seed"]
+        label = (attrs.get("paths") or {}).get("label") or DEFAULT_LABEL
+        if run.name.startswith(f"{attrs['env']}_{condition}-"):  # an original-RGB cell of another label
+            label = run.name[len(f"{attrs['env']}_{condition}-"):].split(f"_{attrs['task']}_")[0]
+        preset = run.name.rsplit(f"_seed{seed}", 1)[0].rsplit("_", 1)[-1]
+        cell = Cell(env=attrs["env"], condition=condition, task=attrs["task"], seed=seed, preset=preset, label=label)
+    except (KeyError, FileNotFoundError, ValueError) as e:
+        raise ValueError(f"{run}: no cell recorded and none can be read from its dataset ({e})") from e
+    if cell.name != run.name:
+        raise ValueError(f"{run}: no cell recorded; its dataset says {cell}, whose directory would be {cell.name}")
+    return cell

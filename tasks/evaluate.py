@@ -12,6 +12,7 @@ from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
 from maniflow.evaluate import evaluate_baselines, evaluate_cell
 from maniflow.report import build_report
@@ -19,19 +20,19 @@ from maniflow.settings import EvalConfig
 from maniflow.workspace import Cell
 
 
-@task(name="evaluate-cell", task_run_name="evaluate {cell}")
+@task(name="evaluate-cell", cache_policy=NO_CACHE, task_run_name="evaluate {cell}")
 def evaluate(work: str, cell: Cell, cfg: EvalConfig) -> dict:
     record = evaluate_cell(work, cell, cfg)
     record["train"].pop("history", None)  # the history stays in the run's eval file, not in Prefect's results
     return record
 
 
-@task(name="baselines", task_run_name="baselines {task_name}")
+@task(name="baselines", cache_policy=NO_CACHE, task_run_name="baselines {task_name}")
 def baselines(work: str, task_name: str, cfg: EvalConfig) -> dict:
     return evaluate_baselines(work, task_name, cfg)
 
 
-@task(name="report", task_run_name="report {out}")
+@task(name="report", cache_policy=NO_CACHE, task_run_name="report {out}")
 def report(work: str, cells: list[Cell], cfg: EvalConfig, out: str, title: str) -> str:
     """Build the report from the cells' stored evaluation records and publish it as an artifact."""
     records = [evaluate_cell(work, cell, cfg) for cell in cells]  # stored: reads {run}/eval/*.json

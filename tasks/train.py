@@ -6,6 +6,7 @@ import base64
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
 
 from maniflow.datasets import dataset_complete
 from maniflow.settings import TrainOptions
@@ -18,7 +19,7 @@ def artifact_key(cell: Cell) -> str:
     return "".join(c if c.isalnum() else "-" for c in f"train-{cell.name}".lower())
 
 
-@task(name="cell-state", task_run_name="state of {cell}")
+@task(name="cell-state", cache_policy=NO_CACHE, task_run_name="state of {cell}")
 def cell_state(work: str, cell: Cell) -> str:
     """finished, no dataset, or todo."""
     if cell_finished(work, cell):
@@ -26,13 +27,13 @@ def cell_state(work: str, cell: Cell) -> str:
     return "todo" if dataset_complete(Workspace(work).cell_dataset(cell)) else "no dataset"
 
 
-@task(name="finished-cells", task_run_name="finished cells of {preset}")
+@task(name="finished-cells", cache_policy=NO_CACHE, task_run_name="finished cells of {preset}")
 def finished_cells(work: str, preset: str) -> list[Cell]:
     """The cells of `preset` whose training finished."""
     return [c for c in Workspace(work).cells(preset) if cell_finished(work, c)]
 
 
-@task(name="train-cell", task_run_name="train {cell}")
+@task(name="train-cell", cache_policy=NO_CACHE, task_run_name="train {cell}")
 def train(work: str, cell: Cell, options: TrainOptions) -> dict:
     """Train (or resume) the cell; a progress artifact follows the epochs, a markdown artifact
     shows the loss curve."""

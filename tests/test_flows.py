@@ -199,8 +199,8 @@ def test_train_matrix_on_workers_outage_retry_and_nothing_twice(dask_address, sm
                   "conditions": ["original", "overlay_current"], "preset": "demo",
                   "train": {"epochs": 1, "device": "cpu"}, "poll_s": 1, "report": "tiny", "dask_address": dask_address,
                   "data": {"provider": {"kind": "hamster"}, "dataset": {"resolution": 48},
-                           "client": {"endpoints": [f"http://127.0.0.1:{port}"], "give_up_after_s": 2}},
-                  "label_retries": 0,
+                           "client": {"endpoints": [f"http://127.0.0.1:{port}"], "give_up_after_s": 2},
+                           "label_retries": 0},
                   "evaluation": {"episodes": 2, "execute_steps": 8}}
         out = prefect("deployment", "run", "train-matrix/all", "--param", f"params={json.dumps(params)}")
         matrix_id = out.split("UUID: ")[1].split()[0]

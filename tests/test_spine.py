@@ -16,7 +16,8 @@ from maniflow.cli import build_parser
 from maniflow.config import cli_flags, fields, from_args, is_config
 from maniflow.paths.client import ClientConfig
 from maniflow.paths.label import ProviderConfig
-from maniflow.settings import EvalConfig, PrepareConfig, TrainOptions
+from maniflow.robotwin import SourceOptions
+from maniflow.settings import DatasetConfig, EvalConfig, PrepareConfig, TrainOptions
 from maniflow.workspace import Cell, Workspace, read_cell
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -39,11 +40,49 @@ def test_each_cli_command_exposes_every_option_of_its_configuration():
         return {a.dest for a in _command(command)._actions}
 
     assert _leaves(ProviderConfig) | _leaves(ClientConfig) <= dests("paths")
-    assert _leaves(EvalConfig) - {"paths.fallback"} <= dests("evaluate")
+    assert _leaves(EvalConfig) <= dests("evaluate")
     assert _leaves(Cell) | _leaves(TrainOptions) <= dests("train")
     assert {"resolution", "dtype"} <= dests("render")
     assert {"clean_config", "cluttered_config", "embodiment", "layout", "tcp_offset"} <= dests("extract")
     assert cli_flags(TrainOptions) == _leaves(TrainOptions)
+
+
+@pytest.mark.parametrize("command, cls", [("paths", ProviderConfig), ("paths", ClientConfig), ("evaluate", EvalConfig),
+                                          ("train", TrainOptions), ("render", DatasetConfig),
+                                          ("extract", SourceOptions)])
+def test_a_command_without_options_gives_the_configuration_defaults(command, cls):
+    """Nested defaults included: closed-loop evaluation's path source is the oracle, not the
+    labelling default (HAMSTER), on the command line as in the library and the flows."""
+    required = {"train": ["--env", "clean", "--task", "click_bell", "--condition", "original"]}
+    assert from_args(cls, build_parser(command).parse_args([command, *required.get(command, [])])) == cls()
+
+
+def test_every_deployment_of_prefect_yaml_validates_against_its_flow_parameters():
+    import yaml
+
+    from flows.evaluate import EvaluateParams
+    from flows.prepare_data import PrepareParams
+    from flows.train_matrix import MatrixParams
+    from flows.train_run import CellParams
+
+    models = {"train_matrix": MatrixParams, "prepare_data": PrepareParams, "train_run": CellParams,
+              "evaluate": EvaluateParams}
+    deployments = yaml.safe_load((PROJECT / "prefect.yaml").read_text())["deployments"]
+    demo = next(d for d in deployments if d["name"] == "demo" and d["entrypoint"].endswith(":train_matrix"))
+    for d in deployments:
+        models[d["entrypoint"].split(":")[1]](**(d.get("parameters") or {}).get("params", {}))
+    params = MatrixParams(**demo["parameters"]["params"])
+    assert params.data.client.endpoints == tuple(f"http://127.0.0.1:{p}" for p in range(8100, 8104))
+    assert params.evaluation.paths.kind == "oracle" and params.data.label_retry_delay_s == 5
+
+
+def test_closed_loop_paths_must_read_answers_as_the_training_paths_were_read():
+    from flows.train_matrix import MatrixParams
+
+    qwen = {"kind": "openai", "model": "qwen3-vl", "coords": "thousand"}
+    with pytest.raises(ValueError, match="set evaluation.paths.coords to thousand"):
+        MatrixParams(data={"provider": qwen}, evaluation={"paths": {**qwen, "coords": "unit"}})
+    assert MatrixParams(data={"provider": qwen}, evaluation={"paths": qwen}).evaluation.paths.coords == "thousand"
 
 
 def test_cli_options_become_the_same_typed_configs_the_flows_take():
@@ -102,7 +141,62 @@ def test_a_cell_travels_from_its_run_directory_unchanged(tmp_path):
     (old / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="no cell recorded"):
         read_cell(old)
-    assert work.cells() == [cell]  # an older run without a cell is not mistaken for one
+    assert work.cells() == [cell]  # a directory without a cell is not mistaken for one
+
+
+def test_a_run_written_before_cells_were_recorded_is_still_found(tmp_path):
+    """Runs of maniflow < 0.5 hold no cell: it is read from their dataset and name, which must agree."""
+    import zarr
+
+    work = Workspace(tmp_path)
+    cell = Cell(env="clean", condition="original", task="click_bell", seed=1, preset="demo", label="oracle")
+    store = work.cell_dataset(cell)
+    zarr.open_group(store, mode="w").attrs.update({"env": "clean", "task": "click_bell", "type": "original",
+                                                   "paths": None})
+    run = work.run(cell)
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"store": str(store), "condition": "original",
+                                                 "train": {"seed": 1}}))
+    assert read_cell(run) == cell and work.cells("demo") == [cell]
+    renamed = run.with_name("clean_original_click_bell_demo_seed7")
+    run.rename(renamed)
+    with pytest.raises(ValueError, match="seed7: no cell recorded and none can be read from its dataset"):
+        read_cell(renamed)
+
+
+def test_evaluating_a_run_directory_of_another_work_directory_is_refused(tmp_path):
+    from maniflow.cli import main
+
+    cell = Cell(env="clean", condition="original", task="click_bell", preset="demo")
+    run = Workspace(tmp_path / "elsewhere").run(cell)
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"cell": asdict(cell)}))
+    assert main(["evaluate", "--work", str(tmp_path / "work"), "--runs", str(run)]) == 2
+
+
+def test_a_registry_read_from_several_threads_waits_for_its_modules(tmp_path, monkeypatch):
+    import threading
+
+    from maniflow.registry import Registry
+
+    package = tmp_path / "slowplugins"
+    package.mkdir()
+    (package / "__init__.py").write_text("from maniflow.registry import Registry\n"
+                                         "THINGS = Registry('thing', __name__)\n")
+    for name in ("a", "b"):
+        (package / f"{name}.py").write_text(f"import time\nfrom slowplugins import THINGS\ntime.sleep(0.3)\n"
+                                            f"THINGS.register({name!r}, {name!r})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import slowplugins
+
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(slowplugins.THINGS.names())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [("a", "b")] * 4
+    assert isinstance(slowplugins.THINGS, Registry)
 
 
 def test_a_new_path_provider_is_one_registration(work_copy, monkeypatch):
@@ -170,12 +264,12 @@ def test_flows_call_tasks_and_never_library_functions():
     import ast
     import importlib
 
-    allowed_functions = {"matrix_conditions"}  # a default for the UI form
+    allowed = {"matrix_conditions", "default_root", "default_work", "Workspace"}  # defaults; path arithmetic
     for path in (PROJECT / "flows").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("maniflow"):
                 module = importlib.import_module(node.module)
                 for alias in node.names:
                     obj = getattr(module, alias.name)
-                    assert isinstance(obj, type) or alias.name in allowed_functions or not callable(obj), \
+                    assert is_config(obj) or alias.name in allowed or not callable(obj), \
                         f"{path.name} imports {node.module}.{alias.name}"
