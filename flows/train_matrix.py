@@ -13,7 +13,6 @@ unfinished cells.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -47,8 +46,8 @@ class MatrixParams(BaseModel):
     preset: str = Field("paper", description="paper or demo")
     train: TrainOptions = Field(default_factory=TrainOptions, description="overrides of the preset")
     prepare: bool = Field(True, description="run prepare-data first (cached)")
-    dask_address: str = Field(os.environ.get("MANIFLOW_DASK_ADDRESS", ""),
-                              description="Dask scheduler for prepare-data (empty: a local cluster)")
+    dask_address: str = Field("", description="Dask scheduler for prepare-data (empty: $MANIFLOW_DASK_ADDRESS, "
+                              "else a local cluster)")
     data: PrepareConfig = Field(default_factory=PrepareConfig, description="path labelling and rendering")
     evaluation: EvalConfig = Field(default_factory=EvalConfig, description="the same for every cell")
     train_deployment: str = Field("train-run/cell", description="deployment that trains one cell")
@@ -57,7 +56,7 @@ class MatrixParams(BaseModel):
 
     @model_validator(mode="after")
     def _closed_loop_reads_paths_as_labelled(self) -> MatrixParams:
-        """A VLM path source in closed loop parses answers as the training data's were parsed."""
+        """The closed-loop path source reads coordinates as the training paths were read."""
         train, closed = self.data.provider, self.evaluation.paths
         if closed.kind == train.kind and closed.coords != train.coords:
             raise ValueError(f"the training paths read {train.kind}'s answers as {train.coords} coordinates, the "

@@ -67,18 +67,18 @@ def _cli(info: FieldInfo) -> CLI:
     return next((m for m in info.metadata if isinstance(m, CLI)), CLI())
 
 
-def _unwrap(annotation) -> tuple[Any, bool]:
-    """(type, optional) of `X | None`."""
+def _unwrap(annotation):
+    """X of `X | None`."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1:
-            return args[0], True
-    return annotation, False
+            return args[0]
+    return annotation
 
 
 def _reader(annotation) -> Callable[[str], Any]:
     """How an option's text becomes the field's type: comma-separated for tuples and lists."""
-    base, _ = _unwrap(annotation)
+    base = _unwrap(annotation)
     if typing.get_origin(base) in (tuple, list):
         item = (typing.get_args(base) or (str,))[0]
         return lambda text: tuple(item(x) for x in csv(text))
@@ -112,7 +112,7 @@ def add_options(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] =
                 shown = "yes" if default else "no"
             if shown not in (None, "", ()) and "(default" not in help_text:
                 help_text = f"{help_text} (default {shown})"
-        if _unwrap(annotation)[0] is bool:
+        if _unwrap(annotation) is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text, **kwargs)
         else:
             parser.add_argument(flag, type=cli.parse or _reader(annotation), choices=choices,

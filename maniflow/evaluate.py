@@ -61,7 +61,7 @@ class TrainedCell:
         workspace = Workspace.of(work)
         run = workspace.run(cell)
         config = json.loads((run / "config.json").read_text())
-        return cls(cell, run, Path(config["store"]), config["train"].get("holdout_episodes", 0))
+        return cls(cell, run, workspace.cell_dataset(cell), config["train"].get("holdout_episodes", 0))
 
     def checkpoint(self) -> Path:
         """The best checkpoint by validation loss, else the latest."""

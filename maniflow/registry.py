@@ -40,11 +40,15 @@ class Registry(Generic[T]):
             if self._loaded or self._loading:
                 return
             self._loading = True
+            before = dict(self._entries)
             try:
                 package = importlib.import_module(self.package)
                 for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
                     importlib.import_module(f"{self.package}.{module}")
                 self._loaded = True
+            except BaseException:
+                self._entries = before  # a retry starts clean and raises the real error again
+                raise
             finally:
                 self._loading = False
 

@@ -35,6 +35,7 @@ def default_work() -> str:
 def default_root() -> str:
     """The RoboTwin data root when none is given: $MANIFLOW_DATA, else ./data/robotwin."""
     return os.environ.get("MANIFLOW_DATA", "data/robotwin")
+
 DATASET_KINDS = ("original", "overlay", "concat")
 
 
@@ -165,15 +166,17 @@ class Workspace:
         return self.root / "runs" / cell.name
 
     def cells(self, preset: str | None = None) -> list[Cell]:
-        """The cells (of `preset`) with a run directory, finished or not (a directory that holds
-        no cell, e.g. one set aside as `{run}.model-v1`, is not one)."""
+        """The cells (of `preset`) with a run directory, finished or not. Other directories (one
+        set aside as `{run}.model-vN`, one whose cell cannot be read) are not runs of a cell."""
         cells = []
         for recorded in sorted((self.root / "runs").glob("*/config.json")):
             try:
-                cells.append(read_cell(recorded.parent))
+                cell = read_cell(recorded.parent)
             except ValueError:
                 continue
-        return [c for c in cells if preset is None or c.preset == preset]
+            if self.run(cell) == recorded.parent and (preset is None or cell.preset == preset):
+                cells.append(cell)
+        return cells
 
     def eval_record(self, run, key: str) -> Path:
         return Path(run) / "eval" / f"{key}.json"
@@ -192,17 +195,21 @@ def read_cell(run) -> Cell:
     """The cell a run directory trains (its config.json)."""
     run = Path(run)
     recorded = json.loads((run / "config.json").read_text())
-    return Cell(**recorded["cell"]) if "cell" in recorded else _cell_before_0_5(run, recorded)
+    return Cell(**recorded["cell"]) if "cell" in recorded else _cell_from_dataset(run, recorded)
 
 
-def _cell_before_0_5(run: Path, recorded: dict) -> Cell:
-    """A run written before runs recorded their cell (maniflow < 0.5): the cell from the dataset
-    it trained on, its condition and seed, and the preset in its name, which must come out the
-    same as the directory's name."""
+def _cell_from_dataset(run: Path, recorded: dict) -> Cell:
+    """The cell of a run written before runs recorded it: from the dataset it trained on, its
+    condition and seed, and the preset in its name, which must come out the same as the
+    directory's name. The store path may be relative to where training ran: then the dataset
+    of the same name in this work directory is read."""
     import zarr
 
+    store = Path(recorded.get("store", ""))
+    if not store.is_absolute() or not store.exists():
+        store = run.parent.parent / "datasets" / store.name
     try:
-        attrs = zarr.open_group(recorded["store"], mode="r").attrs.asdict()
+        attrs = zarr.open_group(store, mode="r").attrs.asdict()
         condition, seed = recorded["condition"], recorded["train"]["seed"]
         label = (attrs.get("paths") or {}).get("label") or DEFAULT_LABEL
         if run.name.startswith(f"{attrs['env']}_{condition}-"):  # an original-RGB cell of another label

@@ -40,8 +40,13 @@ def prefect_server(tmp_path_factory):
         assert proc.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()
         time.sleep(0.5)
     saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
-    os.environ.update(PREFECT_API_URL=url, PREFECT_HOME=str(home))
-    yield url
+    os.environ.update(PREFECT_API_URL=url, PREFECT_HOME=str(home))  # for the processes it starts
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    # This process too, even when another test module imported Prefect before (its settings are
+    # read at import).
+    with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_HOME: str(home)}):
+        yield url
     from prefect.logging.handlers import APILogHandler
 
     APILogHandler().flush()  # send the last logs before the server goes

@@ -164,6 +164,44 @@ def test_a_run_written_before_cells_were_recorded_is_still_found(tmp_path):
         read_cell(renamed)
 
 
+def test_older_overlay_runs_with_relative_store_paths_and_set_aside_runs(tmp_path, monkeypatch):
+    """An overlay run of another label whose config.json names its store relative to where the
+    CLI ran is still found; a run set aside for another model version is not listed twice."""
+    import zarr
+
+    work = Workspace(tmp_path / "work")
+    cell = Cell(env="cluttered", condition="overlay_current", task="click_bell", seed=12, preset="paper",
+                label="my_vlm")
+    zarr.open_group(work.cell_dataset(cell), mode="w").attrs.update(
+        {"env": "cluttered", "task": "click_bell", "type": "overlay", "paths": {"label": "my_vlm"}})
+    run = work.run(cell)
+    run.mkdir(parents=True)
+    relative = Path("work/datasets") / work.cell_dataset(cell).name  # as `--work work` recorded it
+    (run / "config.json").write_text(json.dumps({"store": str(relative), "condition": "overlay_current",
+                                                 "train": {"seed": 12}}))
+    monkeypatch.chdir(tmp_path / "work")  # somewhere else than where it trained
+    assert read_cell(run) == cell
+    aside = run.with_name(f"{run.name}.model-v1")
+    aside.mkdir()
+    (aside / "config.json").write_text(json.dumps({"cell": asdict(cell)}))
+    assert work.cells() == [cell]
+
+
+def test_a_registry_whose_module_fails_raises_the_same_error_again(tmp_path, monkeypatch):
+    package = tmp_path / "brokenplugins"
+    package.mkdir()
+    (package / "__init__.py").write_text("from maniflow.registry import Registry\n"
+                                         "THINGS = Registry('thing', __name__)\n")
+    (package / "a.py").write_text("from brokenplugins import THINGS\n"
+                                  "THINGS.register('a', 1)\nraise ImportError('no a')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import brokenplugins
+
+    for _ in range(2):
+        with pytest.raises(ImportError, match="no a"):
+            brokenplugins.THINGS.names()
+
+
 def test_evaluating_a_run_directory_of_another_work_directory_is_refused(tmp_path):
     from maniflow.cli import main
 

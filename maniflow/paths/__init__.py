@@ -2,10 +2,11 @@
 
     protocol   prompts, request bodies, reply text, PEEK crop mapping (pure)
     parse      tolerant HAMSTER / PEEK answer parsing, no eval
-    oracle     ground-truth paths from the episode's own motion
+    oracle     ground-truth path geometry from the episode's own motion
+    providers  what answers: hamster, peek, openai (VLM servers) and the oracle, a registry
     client     asynchronous multi-endpoint HTTP client with retries and failover
     store      the path store (JSON per episode, journaled, atomic) and fallbacks
-    label      label_paths(): one entry point for every provider, resumable
+    label      ProviderConfig and label_paths(): one entry point for every provider, resumable
     legacy     import of existing HAMSTER output directories (restricted pickle loader)
     server     the loopback server behind `maniflow serve-paths`
 """
