@@ -502,8 +502,7 @@ def _inspect_options(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_inspect)
 
 
-# name: (one-line help, adds the command's options). Only the command being run gets its
-# options, so a command imports only the modules it needs.
+# name: (one-line help, adds the command's options).
 COMMANDS = {
     "generate": ("write synthetic RoboTwin episodes (the embedded default data)", _generate_options),
     "maniskill-generate": ("ManiSkill 3 expert demonstrations as RoboTwin episodes", _maniskill_generate_options),
@@ -519,21 +518,17 @@ COMMANDS = {
 }
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The `maniflow` parser; with `command`, only that command's options are built."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maniflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_options_of) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
-        if command in (None, name):
-            add_options_of(p)
+        add_options_of(sub.add_parser(name, help=help_text))
     return parser
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
+    args = build_parser().parse_args(argv)
     unknown_envs = set(getattr(args, "envs", None) or ()) - set(ENVS)
     if unknown_envs:
         print(f"unknown env(s) {sorted(unknown_envs)}; use clean and/or cluttered", file=sys.stderr)

@@ -20,13 +20,13 @@ student in one call.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from maniflow.model import DiTX, make_encoder
+from maniflow.settings import PolicyConfig
 
 # Bumped by every change that changes what training produces for a seed: runs, evaluation
 # caches and reports record it, and runs of another version are never resumed or mixed.
@@ -34,41 +34,6 @@ MODEL_VERSION = 2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    channels: int = 3  # per image input: 3 (RGB or overlay) or 6 (concat)
-    initial: bool = False  # the episode's first frame as a second image input
-    image_size: int = 224
-    encoder: str = "resnet18"
-    share_encoder: bool = False
-    encoder_weights: str | None = None
-    action_dim: int = 14  # the joint vector's width; training sets it from the data
-    horizon: int = 16
-    n_obs_steps: int = 2
-    n_action_steps: int = 16
-    dim: int = 512
-    depth: int = 8
-    heads: int = 8
-    dropout: float = 0.1
-    inference_steps: int = 10
-    flow_share: float = 0.75
-    crop: float = 0.95
-    rotate_deg: float = 5.0
-    brightness: float = 0.3
-    contrast: float = 0.4
-    saturation: float = 0.5
-    hue: float = 0.08
-    # agent_pos: "identity" (upstream) or "limits", min/max to [-1, 1] like the actions. The demo's
-    # toy model learns from small raw joint ranges (0.25-0.5 rad) far slower (docs/maniflow-fidelity.md).
-    state_norm: str = "identity"
-
-    @property
-    def model_horizon(self) -> int:
-        """Actions per training window and per prediction: long enough that all n_action_steps
-        actions from the current step exist (upstream's horizon 16 returns 15 of 16)."""
-        return max(self.horizon, self.n_obs_steps - 1 + self.n_action_steps)
 
 
 class Normalizer(nn.Module):

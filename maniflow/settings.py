@@ -1,6 +1,8 @@
 """The pipeline's settings whose stages live in heavy modules (torch), kept here so that the
 command line and the flows' parameter forms are built without importing those stages.
 
+    PolicyConfig    the ManiFlow policy's architecture and augmentation (maniflow.policy)
+    TrainConfig     a training run's full settings; PRESETS: paper and demo (maniflow.train)
     DatasetConfig   how training datasets are written (maniflow.datasets)
     TrainOptions    what a user may change of a cell's preset (maniflow.train)
     EvalConfig      closed-loop and offline evaluation (maniflow.evaluate)
@@ -14,8 +16,7 @@ The other branches of the configuration tree sit with their light modules: `Sour
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field, replace
 
 from maniflow.config import config, setting
 from maniflow.paths.client import ClientConfig
@@ -23,11 +24,91 @@ from maniflow.paths.label import ProviderConfig
 from maniflow.robotwin import SourceOptions
 from maniflow.workspace import Cell, Workspace
 
-if TYPE_CHECKING:
-    from maniflow.train import TrainConfig
-
 EVAL_SEED = 1000  # evaluation layouts: `maniflow generate` uses seed 0 unless told otherwise
 CAMERA = "head"  # the camera the datasets are made from
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    channels: int = 3  # per image input: 3 (RGB or overlay) or 6 (concat)
+    initial: bool = False  # the episode's first frame as a second image input
+    image_size: int = 224
+    encoder: str = "resnet18"
+    share_encoder: bool = False
+    encoder_weights: str | None = None
+    action_dim: int = 14  # the joint vector's width; training sets it from the data
+    horizon: int = 16
+    n_obs_steps: int = 2
+    n_action_steps: int = 16
+    dim: int = 512
+    depth: int = 8
+    heads: int = 8
+    dropout: float = 0.1
+    inference_steps: int = 10
+    flow_share: float = 0.75
+    crop: float = 0.95
+    rotate_deg: float = 5.0
+    brightness: float = 0.3
+    contrast: float = 0.4
+    saturation: float = 0.5
+    hue: float = 0.08
+    # agent_pos: "identity" (upstream) or "limits", min/max to [-1, 1] like the actions. The demo's
+    # toy model learns from small raw joint ranges (0.25-0.5 rad) far slower (docs/maniflow-fidelity.md).
+    state_norm: str = "identity"
+
+    @property
+    def model_horizon(self) -> int:
+        """Actions per training window and per prediction: long enough that all n_action_steps
+        actions from the current step exist (upstream's horizon 16 returns 15 of 16)."""
+        return max(self.horizon, self.n_obs_steps - 1 + self.n_action_steps)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    batch_size: int = 64
+    epochs: int = 501
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 1e-3
+    warmup_steps: int = 500
+    grad_clip: float | None = None  # upstream clips nothing
+    ema_power: float = 0.75
+    ema_max: float = 0.9999
+    val_ratio: float = 0.1
+    # The store's last episodes are never trained or validated on: the offline evaluation's
+    # held-out set (the same positions in every store of a task, so every cell is judged alike).
+    holdout_episodes: int = 0
+    top_k: int = 3
+    val_every: int = 10  # epochs between validations (top-k candidates); the last epoch always
+    checkpoint_every: int = 10  # epochs between latest.ckpt writes; the last epoch always
+    log_every: int = 50  # steps between progress reports (each waits for the device)
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when available
+    bf16: bool = True  # bf16 autocast and channels_last encoders, on CUDA only
+    compile: bool = False  # torch.compile the encoders and the DiTX (slow first steps)
+
+    def __post_init__(self):
+        if min(self.val_every, self.checkpoint_every, self.log_every) < 1:
+            raise ValueError("val_every, checkpoint_every and log_every are counts of at least 1")
+
+
+# Settings that change how a run goes, not what it computes: a run resumes under other values.
+RUN_MECHANICS = ("device", "compile", "log_every")
+
+
+PRESETS = {
+    # The user's settings (seed config): 8 layers, 8 heads, width 512, 224x224, horizon 16.
+    "paper": TrainConfig(holdout_episodes=5),
+    # Same code at toy sizes: about two minutes on 2 CPU cores for a demo cell (30 episodes),
+    # and it learns (lr 1e-3: the toy model fits 4x lower loss in the same steps than at 3e-4).
+    # Clipped at 1.0: lr 1e-3 is ten times upstream's. agent_pos min/max-normalised: the toy model
+    # learns far less from raw joint angles (benchmarks/bench_state_norm.py).
+    "demo": TrainConfig(policy=PolicyConfig(image_size=64, encoder="test_resnet", dim=128, depth=2, heads=4,
+                                            dropout=0.0, inference_steps=2, state_norm="limits"),
+                        batch_size=32, epochs=12, lr=1e-3, warmup_steps=20, grad_clip=1.0, top_k=2,
+                        holdout_episodes=2, val_every=1, checkpoint_every=1, log_every=10),
+}
 
 
 @config
@@ -69,8 +150,6 @@ class TrainOptions:
 
     def resolve(self, cell: Cell) -> TrainConfig:
         """The cell's preset with the cell's seed and these overrides."""
-        from maniflow.train import PRESETS
-
         overrides = {k: v for k, v in asdict(self).items() if v is not None and k != "encoder_weights"}
         cfg = replace(PRESETS[cell.preset], seed=cell.seed, **overrides)
         if self.encoder_weights:

@@ -26,68 +26,20 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from maniflow.conditions import CONDITIONS
-from maniflow.policy import MODEL_VERSION, ManiFlowPolicy, Normalizer, PolicyConfig
+from maniflow.policy import MODEL_VERSION, ManiFlowPolicy, Normalizer
 from maniflow.replay import ReplayData, Windows
-from maniflow.settings import TrainOptions
+from maniflow.settings import PRESETS, RUN_MECHANICS, PolicyConfig, TrainConfig, TrainOptions
 from maniflow.storage import temp_sibling, write_json
 from maniflow.workspace import Cell, Workspace
 
 log = logging.getLogger("maniflow.train")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    batch_size: int = 64
-    epochs: int = 501
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 1e-3
-    warmup_steps: int = 500
-    grad_clip: float | None = None  # upstream clips nothing
-    ema_power: float = 0.75
-    ema_max: float = 0.9999
-    val_ratio: float = 0.1
-    # The store's last episodes are never trained or validated on: the offline evaluation's
-    # held-out set (the same positions in every store of a task, so every cell is judged alike).
-    holdout_episodes: int = 0
-    top_k: int = 3
-    val_every: int = 10  # epochs between validations (top-k candidates); the last epoch always
-    checkpoint_every: int = 10  # epochs between latest.ckpt writes; the last epoch always
-    log_every: int = 50  # steps between progress reports (each waits for the device)
-    seed: int = 0
-    device: str = "auto"  # auto: cuda when available
-    bf16: bool = True  # bf16 autocast and channels_last encoders, on CUDA only
-    compile: bool = False  # torch.compile the encoders and the DiTX (slow first steps)
-
-    def __post_init__(self):
-        if min(self.val_every, self.checkpoint_every, self.log_every) < 1:
-            raise ValueError("val_every, checkpoint_every and log_every are counts of at least 1")
-
-
-# Settings that change how a run goes, not what it computes: a run resumes under other values.
-RUN_MECHANICS = ("device", "compile", "log_every")
-
-
-PRESETS = {
-    # The user's settings (seed config): 8 layers, 8 heads, width 512, 224x224, horizon 16.
-    "paper": TrainConfig(holdout_episodes=5),
-    # Same code at toy sizes: about two minutes on 2 CPU cores for a demo cell (30 episodes),
-    # and it learns (lr 1e-3: the toy model fits 4x lower loss in the same steps than at 3e-4).
-    # Clipped at 1.0: lr 1e-3 is ten times upstream's. agent_pos min/max-normalised: the toy model
-    # learns far less from raw joint angles (benchmarks/bench_state_norm.py).
-    "demo": TrainConfig(policy=PolicyConfig(image_size=64, encoder="test_resnet", dim=128, depth=2, heads=4,
-                                            dropout=0.0, inference_steps=2, state_norm="limits"),
-                        batch_size=32, epochs=12, lr=1e-3, warmup_steps=20, grad_clip=1.0, top_k=2,
-                        holdout_episodes=2, val_every=1, checkpoint_every=1, log_every=10),
-}
 
 
 class TrainingDiverged(RuntimeError):

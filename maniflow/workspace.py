@@ -84,7 +84,7 @@ def _conditions():
 
 
 def _presets() -> tuple[str, ...]:
-    from maniflow.train import PRESETS
+    from maniflow.settings import PRESETS
 
     return tuple(PRESETS)
 

@@ -54,7 +54,7 @@ def test_a_command_without_options_gives_the_configuration_defaults(command, cls
     """Nested defaults included: closed-loop evaluation's path source is the oracle, not the
     labelling default (HAMSTER), on the command line as in the library and the flows."""
     required = {"train": ["--env", "clean", "--task", "click_bell", "--condition", "original"]}
-    assert from_args(cls, build_parser(command).parse_args([command, *required.get(command, [])])) == cls()
+    assert from_args(cls, build_parser().parse_args([command, *required.get(command, [])])) == cls()
 
 
 def test_every_deployment_of_prefect_yaml_validates_against_its_flow_parameters():
