@@ -132,10 +132,3 @@ def from_args(cls, args: argparse.Namespace, prefix: str = "", **given):
         elif prefix + name in parsed:
             values[name] = parsed[prefix + name]
     return cls(**values)
-
-
-def cli_flags(cls, skip: tuple[str, ...] = ()) -> set[str]:
-    """The option names `add_options(cls)` adds (tests compare them with the flows' fields)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    add_options(parser, cls, skip=skip)
-    return {a.dest for a in parser._actions}

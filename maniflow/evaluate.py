@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -47,32 +47,15 @@ from maniflow.workspace import Cell, Workspace
 log = logging.getLogger("maniflow.evaluate")
 
 
-@dataclass
-class TrainedCell:
-    """A cell's training run as evaluation reads it."""
-
-    cell: Cell
-    run: Path
-    store: Path  # the dataset it trained on
-    holdout: int  # the store's last episodes, never trained or validated on
-
-    @classmethod
-    def read(cls, work, cell: Cell) -> TrainedCell:
-        workspace = Workspace.of(work)
-        run = workspace.run(cell)
-        config = json.loads((run / "config.json").read_text())
-        return cls(cell, run, workspace.cell_dataset(cell), config["train"].get("holdout_episodes", 0))
-
-    def checkpoint(self) -> Path:
-        """The best checkpoint by validation loss, else the latest."""
-        best = sorted((self.run / "checkpoints").glob("epoch=*.ckpt"),
-                      key=lambda p: float(p.stem.split("val_loss=")[1]))
-        latest = self.run / "checkpoints" / "latest.ckpt"
-        if best:
-            return best[0]
-        if latest.exists():
-            return latest
-        raise FileNotFoundError(f"{self.run}: no checkpoint; train the cell first")
+def best_checkpoint(run: Path) -> Path:
+    """A run's best checkpoint by validation loss, else its latest."""
+    best = sorted((run / "checkpoints").glob("epoch=*.ckpt"), key=lambda p: float(p.stem.split("val_loss=")[1]))
+    latest = run / "checkpoints" / "latest.ckpt"
+    if best:
+        return best[0]
+    if latest.exists():
+        return latest
+    raise FileNotFoundError(f"{run}: no checkpoint; train the cell first")
 
 
 # -- policy inputs -----------------------------------------------------------------------------
@@ -193,9 +176,9 @@ def eval_key(checkpoint: Path, cfg: EvalConfig) -> str:
 def evaluate_cell(work, cell: Cell, cfg: EvalConfig = EvalConfig()) -> dict:
     """Evaluate one trained cell (cached per checkpoint and settings). Returns the result record."""
     workspace = Workspace.of(work)
-    trained = TrainedCell.read(workspace, cell)
-    checkpoint = trained.checkpoint()
-    out = workspace.eval_record(trained.run, eval_key(checkpoint, cfg))
+    run = workspace.run(cell)
+    checkpoint = best_checkpoint(run)
+    out = workspace.eval_record(run, eval_key(checkpoint, cfg))
     if out.exists():
         return json.loads(out.read_text())
     device = pick_device(cfg.device)
@@ -212,18 +195,18 @@ def evaluate_cell(work, cell: Cell, cfg: EvalConfig = EvalConfig()) -> dict:
         write_strip(loop["strips"], loop["success"], strip, cfg.strip_frames)
     history = saved["history"]
     vals = [h["val_loss"] for h in history if h["val_loss"] is not None]
+    holdout = saved["config"]["train"].get("holdout_episodes", 0)  # the store's last, never trained on
     record = {
-        "cell": asdict(cell), "run": str(trained.run), "train_env": cell.env, "condition": cell.condition,
-        "task": cell.task, "seed": cell.seed, "checkpoint": checkpoint.name, "eval": asdict(cfg),
+        "cell": asdict(cell), "run": str(run), "checkpoint": checkpoint.name, "eval": asdict(cfg),
         "simulator": simulator.title, "model_version": saved["config"].get("model_version", 1),
         "train": {"epochs": saved["epoch"], "steps": saved["step"], "best_val_loss": min(vals) if vals else None,
                   "history": [{k: h[k] for k in ("epoch", "loss", "val_loss")} for h in history]},
-        "offline": offline_metrics(policy, eval_store, cell.condition, trained.holdout, cfg)
-        if cfg.offline and trained.holdout else None,
+        "offline": offline_metrics(policy, eval_store, cell.condition, holdout, cfg)
+        if cfg.offline and holdout else None,
         "closed_loop": {k: loop[k] for k in ("success", "steps", "max_steps")}
         | {"success_rate": float(np.mean(loop["success"]))},
         "strip": str(strip) if loop["strips"] else None,
-        "data": data_provenance(trained.store),
+        "data": data_provenance(workspace.cell_dataset(cell)),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, record)

@@ -430,6 +430,10 @@ class FramesStore:
     def num_frames(self) -> int:
         return int(self.episode_ends[-1]) if len(self.episode_ends) else 0
 
+    def row(self, number: int) -> int:
+        """The store's row of source episode `number`."""
+        return [int(n) for n in self.episode_index].index(number)
+
     def episode_slice(self, i: int) -> slice:
         """Rows of the i-th stored episode (not the source episode number)."""
         start = int(self.episode_ends[i - 1]) if i > 0 else 0

@@ -64,7 +64,7 @@ def episode_video(work, env: str, task: str, label: str, episode: int, out: Path
     """MP4 of one episode: original and overlay side by side."""
     frames = FramesStore(Workspace.of(work).frames(env, task))
     stored = PathStore(Workspace.of(work).paths(label, env, task)).read(episode)
-    rgb = frames.rgb([int(n) for n in frames.episode_index].index(episode))
+    rgb = frames.rgb(frames.row(episode))
     h, w = rgb.shape[1:3]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

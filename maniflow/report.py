@@ -25,15 +25,26 @@ from maniflow.policy import MODEL_VERSION
 from maniflow.simulators import simulator_for
 from maniflow.stats import Estimate, bootstrap, in_words, paired_difference
 from maniflow.storage import temp_sibling, write_json
+from maniflow.workspace import Cell
 
 ENV_ORDER = ("cluttered", "clean")
+
+
+def _cell(record: dict) -> Cell:
+    return Cell(**record["cell"])
+
+
+def _key(record: dict) -> tuple[str, str, str]:
+    """(train env, condition, task): a cell less its seed."""
+    c = _cell(record)
+    return c.env, c.condition, c.task
 
 
 def _outcomes(records: list[dict]) -> dict:
     """(train env, condition, task) -> {seed: success list}."""
     out: dict = defaultdict(dict)
     for r in records:
-        out[(r["train_env"], r["condition"], r["task"])][r["seed"]] = r["closed_loop"]["success"]
+        out[_key(r)][_cell(r).seed] = r["closed_loop"]["success"]
     return out
 
 
@@ -89,7 +100,7 @@ def _cell_estimate(cells, key) -> Estimate | None:
 
 def _mean_offline(records, key, field="action_mae"):
     values = [r["offline"][field] for r in records
-              if (r["train_env"], r["condition"], r["task"]) == key and r.get("offline")]
+              if _key(r) == key and r.get("offline")]
     return float(np.mean(values)) if values else None
 
 
@@ -107,7 +118,7 @@ def build_report(records: list[dict], baselines: dict[str, dict], out, title: st
     envs = [e for e in ENV_ORDER if any(k[0] == e for k in cells)]
     conditions = [c for c in CONDITIONS.names() if any(k[1] == c for k in cells)]
     tasks = sorted({k[2] for k in cells} | set(baselines))
-    seeds = sorted({r["seed"] for r in records})
+    seeds = sorted({_cell(r).seed for r in records})
     eval_cfg = records[0]["eval"] if records else {}
 
     simulators = " and ".join(sorted({simulator_for(t).title for t in tasks}))
@@ -147,9 +158,9 @@ def build_report(records: list[dict], baselines: dict[str, dict], out, title: st
 
     md += ["## Cells", "", "| train env | condition | task | seed | epochs | best val loss | held-out val loss | "
            "success | checkpoint |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(records, key=lambda r: (r["train_env"], r["condition"], r["task"], r["seed"])):
-        off = r.get("offline") or {}
-        md.append(f"| {r['train_env']} | {r['condition']} | {r['task']} | {r['seed']} | {r['train']['epochs']} | "
+    for r in sorted(records, key=lambda r: (*_key(r), _cell(r).seed)):
+        off, c = r.get("offline") or {}, _cell(r)
+        md.append(f"| {c.env} | {c.condition} | {c.task} | {c.seed} | {r['train']['epochs']} | "
                   f"{_fmt(r['train']['best_val_loss'])} | {_fmt(off.get('val_loss'))} | "
                   f"{100 * r['closed_loop']['success_rate']:.0f}% | `{r['checkpoint']}` |")
     md.append("")
@@ -168,14 +179,14 @@ def build_report(records: list[dict], baselines: dict[str, dict], out, title: st
     md += ["## Figures", ""] + [f"### {name}\n\n![{name}]({file})\n" for name, file in figures]
 
     strips = [r for r in records if r.get("strip") and Path(r["strip"]).exists()]
-    strips = sorted(strips, key=lambda r: (r["task"], r["train_env"], r["condition"], r["seed"]))
+    strips = sorted(strips, key=lambda r: (_cell(r).task, *_key(r), _cell(r).seed))
     if strips:
         md += ["## Roll-outs", "", "Observed frames with the overlay the policy saw; green bar: success, red: failure.",
                ""]
         for r in strips:
-            name = f"{r['train_env']}_{r['condition']}_{r['task']}_seed{r['seed']}.png"
+            name = f"{_cell(r).name}.png"
             shutil.copyfile(r["strip"], tmp / "strips" / name)
-            md += [f"**{r['train_env']} / {r['condition']} / {r['task']} / seed {r['seed']}**", "",
+            md += [f"**{_cell(r)}**", "",
                    f"![{name}](strips/{name})", ""]
 
     (tmp / "report.md").write_text("\n".join(md))
@@ -192,7 +203,7 @@ def _counts(counts: dict) -> str:
 
 def data_section(records: list[dict]) -> list[str]:
     """Where each (training env, task)'s episodes came from, as the frames stores recorded it."""
-    data = {(r["train_env"], r["task"]): r["data"] for r in records if r.get("data")}
+    data = {(_cell(r).env, _cell(r).task): r["data"] for r in records if r.get("data")}
     if not data:
         return []
     md = ["", "## Data", "", "| trained on | task | RoboTwin layout | data format | embodiment | config | "
@@ -250,17 +261,17 @@ def _training_curves(path: Path, records: list[dict]):
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    tasks = sorted({r["task"] for r in records})
+    tasks = sorted({_cell(r).task for r in records})
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.5), squeeze=False)
     colours = {c: f"C{i}" for i, c in enumerate(CONDITIONS.names())}
     for ax, task in zip(axes[0], tasks):
         for r in records:
-            if r["task"] != task:
+            c = _cell(r)
+            if c.task != task:
                 continue
             h = [x for x in r["train"]["history"] if x["val_loss"] is not None]
-            ax.plot([x["epoch"] for x in h], [x["val_loss"] for x in h], color=colours[r["condition"]],
-                    linestyle="-" if r["train_env"] == "cluttered" else "--",
-                    label=f"{r['train_env']}/{r['condition']} s{r['seed']}")
+            ax.plot([x["epoch"] for x in h], [x["val_loss"] for x in h], color=colours[c.condition],
+                    linestyle="-" if c.env == "cluttered" else "--", label=f"{c.env}/{c.condition} s{c.seed}")
         ax.set_title(task)
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation loss")

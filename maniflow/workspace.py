@@ -116,19 +116,19 @@ class Workspace:
     def frames(self, env: str, task: str, camera: str = "head") -> Path:
         return self.root / "frames" / env / f"{_camera_name(task, camera)}.zarr"
 
+    def all_frames_stores(self) -> list[Path]:
+        """Every frames store, of every camera."""
+        return sorted((self.root / "frames").glob("*/*.zarr"))
+
     def frames_stores(self, envs=None, tasks=None, camera: str = "head") -> list[tuple[str, str]]:
         """The (env, task) pairs with a frames store of `camera` (all envs and tasks by default)."""
         found = []
-        for path in sorted((self.root / "frames").glob("*/*.zarr")):
+        for path in self.all_frames_stores():
             env = path.parent.name
             task, _, cam = path.name[:-len(".zarr")].partition("@")
             if (cam or "head") == camera and (not envs or env in envs) and (not tasks or task in tasks):
                 found.append((env, task))
         return found
-
-    def all_frames_stores(self) -> list[Path]:
-        """Every frames store, of every camera."""
-        return sorted((self.root / "frames").glob("*/*.zarr"))
 
     def paths(self, label: str, env: str, task: str, camera: str = "head") -> Path:
         return self.root / "paths" / label / env / _camera_name(task, camera)

@@ -39,7 +39,7 @@ class PathsIncomplete(RuntimeError):
     """Some frames got no answer (endpoints failing); asking again later may complete them."""
 
 
-def transient(task_, run, state) -> bool:
+def _transient(task_, run, state) -> bool:
     """Retry endpoint trouble, never deterministic failures (bad input, bad configuration)."""
     try:
         state.result()
@@ -52,10 +52,6 @@ def transient(task_, run, state) -> bool:
 
 def _frames(job: PrepareJob) -> FramesStore:
     return FramesStore(Workspace(job.work).frames(job.env, job.task, CAMERA))
-
-
-def _row(frames: FramesStore, number: int) -> int:
-    return [int(n) for n in frames.episode_index].index(number)
 
 
 # --- extract ----------------------------------------------------------------------------------
@@ -92,14 +88,14 @@ def _label_key(ctx, p) -> str:
     job: PrepareJob = p["job"]
     provider = job.cfg.provider
     frames = _frames(job)
-    record = frames.episodes[_row(frames, p["number"])]
+    record = frames.episodes[frames.row(p["number"])]
     return cache_key("paths", job.work, job.env, job.task, p["number"], provider.source_fingerprint(record),
                      record["frames"], provider.name, provider.identity(), provider.coords, provider.fallback)
 
 
 # Retries (how many, how long apart) are the flow's settings: `prepare_data` sets them.
 @task(name="label-paths", cache_key_fn=_label_key, persist_result=True, result_serializer="json",
-      retry_condition_fn=transient, task_run_name="paths {job} episode {number}")
+      retry_condition_fn=_transient, task_run_name="paths {job} episode {number}")
 def label_episode(job: PrepareJob, number: int) -> dict:
     """Label one episode; fails (and is retried) while frames still have no answer."""
     # The task's summary.json is written once, by `assemble`, not by every episode.
@@ -135,7 +131,7 @@ def _render_key(ctx, p) -> str:
     frames = _frames(job)
     label = job.cfg.provider.name
     return cache_key("render", job.work, job.env, job.task, label, p["number"],
-                     render_inputs(job.work, job.env, job.task, label, _row(frames, p["number"]), job.cfg.dataset,
+                     render_inputs(job.work, job.env, job.task, label, frames.row(p["number"]), job.cfg.dataset,
                                    frames))
 
 
@@ -143,7 +139,7 @@ def _render_key(ctx, p) -> str:
       task_run_name="render {job} episode {number}")
 def render(job: PrepareJob, number: int, labelled: dict | None = None) -> dict:
     """Draw one episode's dataset parts. `labelled` only orders it after its paths."""
-    return render_episode(job.work, job.env, job.task, job.cfg.provider.name, _row(_frames(job), number),
+    return render_episode(job.work, job.env, job.task, job.cfg.provider.name, _frames(job).row(number),
                           job.cfg.dataset)
 
 

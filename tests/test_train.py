@@ -298,7 +298,7 @@ def test_evaluation_is_deterministic_and_the_report_answers_the_questions(stores
     # The clean stores stand in for the evaluation env's (the fixture renders one env).
     ecfg = EvalConfig(env=ENV, episodes=2, execute_steps=4, strips=1)
     records, baselines = evaluate_cells(work, cells, ecfg, progress=lambda _: None)
-    assert [r["condition"] for r in records] == ["original", "overlay_current"]
+    assert [r["cell"]["condition"] for r in records] == ["original", "overlay_current"]
     for r in records:
         assert r["offline"]["windows"] > 0 and len(r["offline"]["mae_per_step"]) == TINY.policy.n_action_steps
         assert r["offline"]["episodes"] == [2]  # the store's last episode, never trained on
