@@ -16,6 +16,7 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
+from maniflow.paths.label import ProviderConfig
 from maniflow.settings import EvalConfig
 from maniflow.workspace import Cell, Workspace, default_work
 from tasks.evaluate import baselines, report
@@ -28,6 +29,8 @@ class EvaluateParams(BaseModel):
     cells: list[Cell] = Field([], description="cells to evaluate; empty: every finished cell of the preset")
     preset: str = "paper"
     evaluation: EvalConfig = Field(default_factory=EvalConfig, description="the same for every cell")
+    path_sources: list[ProviderConfig] = Field([], description="the matrix's further path sources: a cell trained "
+                                               "on one's label gets that source's paths in closed loop")
     report: str = Field("", description="report name under {work}/reports (default: the preset)")
     title: str = "ManiFlow path-guidance matrix"
 
@@ -49,7 +52,7 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> dict:
     if not cells:
         raise FileNotFoundError(f"no finished runs of preset {params.preset!r} under {work}/runs")
     cfg = params.evaluation
-    futures = evaluate_task.map(unmapped(work), cells, unmapped(cfg))
+    futures = evaluate_task.map(unmapped(work), cells, [cfg.for_label(c.label, params.path_sources) for c in cells])
     base = baselines.map(unmapped(work), sorted({c.task for c in cells}), unmapped(cfg))
     wait(list(futures) + list(base))
     done = [c for c, f in zip(cells, futures) if f.state.is_completed()]
@@ -57,7 +60,7 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> dict:
     if not done:
         raise RuntimeError(f"every evaluation failed: {failed}")
     out = workspace.report(params.report or params.preset)
-    md = report.submit(work, done, cfg, str(out), params.title).result()
+    md = report.submit(work, done, cfg, str(out), params.title, params.path_sources).result()
     records = [f.result() for f in futures if f.state.is_completed()]
     create_table_artifact([result_row(r) for r in records], key="evaluation",
                           description=f"closed-loop success on {cfg.episodes} {cfg.env} layouts per cell")

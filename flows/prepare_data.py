@@ -1,5 +1,6 @@
 """`prepare-data`: for each (env, task), extract -> label paths per episode -> render per episode
--> assemble the original / overlay / concat datasets [-> export them (`data.export.formats`)].
+-> assemble the original / overlay / concat datasets [-> export them (`data.export.formats`)];
+then the label's path quality against the ground truth over every (env, task) it could.
 
 Episodes are mapped on a DaskTaskRunner (a local cluster sized to the machine, or the cluster
 at `dask_address` / $MANIFLOW_DASK_ADDRESS). An episode whose labelling fails fails only its
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from prefect import flow, unmapped
+from prefect import allow_failure, flow, unmapped
 from prefect.futures import wait
 from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel, Field
@@ -20,7 +21,7 @@ from pydantic import BaseModel, Field
 from maniflow.robotwin import ENVS, SINGLE_ARM_TASKS
 from maniflow.settings import PrepareConfig, PrepareJob
 from maniflow.workspace import default_root, default_work
-from tasks.prepare import assemble, export, extract, label_episode, render
+from tasks.prepare import assemble, export, extract, label_episode, quality, render
 
 
 class PrepareParams(BaseModel):
@@ -49,7 +50,7 @@ def prepare_data(params: PrepareParams = PrepareParams()) -> dict:
     root, work = str(Path(params.root).resolve()), str(Path(params.work).resolve())
     label = label_episode.with_options(retries=params.data.label_retries,
                                        retry_delay_seconds=params.data.label_retry_delay_s)
-    results = {}
+    results, assembled = {}, []
     for env in params.envs:
         for task_name in params.tasks:
             job = PrepareJob(root=root, work=work, env=env, task=task_name, cfg=params.data)
@@ -57,8 +58,12 @@ def prepare_data(params: PrepareParams = PrepareParams()) -> dict:
             labelled = label.map(unmapped(job), numbers)
             rendered = render.map(unmapped(job), numbers, labelled)
             results[str(job)] = assemble.submit(job, numbers, rendered)
+            assembled.append(results[str(job)])
             if params.data.export.formats:
                 results[f"export {job}"] = export.submit(job, results[str(job)])
+    # Measured on whatever got labelled, also when some episodes failed.
+    results["path quality"] = quality.submit(work, params.data.provider.name, params.envs, params.tasks,
+                                             wait_for=[allow_failure(f) for f in assembled])
     wait(list(results.values()))
     failed = [key for key, future in results.items() if not future.state.is_completed()]
     if failed:  # the flow run fails; `prefect flow-run retry` redoes only what did not finish

@@ -1,6 +1,7 @@
 """`train-matrix`: datasets -> one `train-run` flow run per cell -> evaluation and report.
 
-    1. `prepare-data` as a subflow (every stage cached: unchanged data costs nothing);
+    1. `prepare-data` as a subflow, once per path source (every stage cached: unchanged data
+       costs nothing);
     2. one `train-run` deployment run per cell not finished yet, started with
        `run_deployment(timeout=0)` so each cell lands on a worker of the pool (one per GPU),
        and is visible, cancellable and retryable on its own;
@@ -14,6 +15,7 @@ unfinished cells.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -26,6 +28,7 @@ from flows.evaluate import EvaluateParams, evaluate
 from flows.prepare_data import PrepareParams, dask_runner, prepare_data
 from flows.train_run import CellParams
 from maniflow.conditions import CONDITIONS, matrix_conditions
+from maniflow.paths.label import ProviderConfig
 from maniflow.robotwin import ENVS, SINGLE_ARM_TASKS
 from maniflow.settings import EvalConfig, PrepareConfig, TrainOptions
 from maniflow.workspace import Cell, default_root, default_work
@@ -50,6 +53,11 @@ class MatrixParams(BaseModel):
     dask_address: str = Field("", description="Dask scheduler for prepare-data (empty: $MANIFLOW_DASK_ADDRESS, "
                               "else a local cluster)")
     data: PrepareConfig = Field(default_factory=PrepareConfig, description="path labelling and rendering")
+    path_sources: list[ProviderConfig] = Field([], description="further path sources as a matrix axis: each labels "
+                                               "the data under its own label and the conditions that draw paths are "
+                                               "trained on it too, evaluated with that source's paths in closed loop; "
+                                               "[{kind: oracle}] gives the ground truth, the upper bound the report "
+                                               "compares the VLM's paths with")
     evaluation: EvalConfig = Field(default_factory=EvalConfig, description="the same for every cell")
     train_deployment: str = Field("train-run/cell", description="deployment that trains one cell")
     poll_s: float = 10.0
@@ -64,10 +72,25 @@ class MatrixParams(BaseModel):
                              f"closed-loop paths as {closed.coords}: set evaluation.paths.coords to {train.coords}")
         return self
 
+    @model_validator(mode="after")
+    def _one_provider_per_label(self) -> MatrixParams:
+        labels = [p.name for p in self.providers()]
+        if len(set(labels)) < len(labels):
+            raise ValueError(f"path labels {labels}: each path source needs its own label")
+        return self
+
+    def providers(self) -> list[ProviderConfig]:
+        """Every path source: the data's, then the further ones."""
+        return [self.data.provider, *self.path_sources]
+
     def cells(self) -> list[Cell]:
-        label = self.data.provider.name
+        """Tasks x envs x conditions x seeds, and x path labels for the conditions that draw paths
+        (a condition that draws none trains once, on the data's label)."""
+        labels = [p.name for p in self.providers()]
         return [Cell(env=env, condition=condition, task=task, seed=seed, preset=self.preset, label=label)
-                for task in self.tasks for env in self.envs for condition in self.conditions for seed in self.seeds]
+                for task in self.tasks for env in self.envs for condition in self.conditions
+                for label in (labels if CONDITIONS[condition].dataset != "original" else labels[:1])
+                for seed in self.seeds]
 
 
 @flow(name="train-matrix", flow_run_name="matrix {params.preset}: {params.tasks}", log_prints=True)
@@ -75,12 +98,14 @@ def train_matrix(params: MatrixParams = MatrixParams()) -> dict:
     logger = get_run_logger()
     work = str(Path(params.work).resolve())
     if params.prepare:
-        data = PrepareParams(root=str(Path(params.root).resolve()), work=work, tasks=params.tasks,
-                             envs=sorted(set(params.envs) | {params.evaluation.env}), data=params.data)
         prepare = prepare_data.with_options(task_runner=dask_runner(params.dask_address or None))
-        state = prepare(data, return_state=True)
-        if not state.is_completed():  # cells whose datasets exist still run
-            logger.warning("prepare-data did not finish everything: %s", state.message)
+        for provider in params.providers():
+            data = PrepareParams(root=str(Path(params.root).resolve()), work=work, tasks=params.tasks,
+                                 envs=sorted(set(params.envs) | {params.evaluation.env}),
+                                 data=replace(params.data, provider=provider))
+            state = prepare.with_options(flow_run_name=f"prepare [{provider.name}]")(data, return_state=True)
+            if not state.is_completed():  # cells whose datasets exist still run
+                logger.warning("prepare-data [%s] did not finish everything: %s", provider.name, state.message)
 
     todo = params.cells()
     rows = {str(c): {"cell": str(c), "state": "", "best val loss": None, "success %": None, "flow run": ""}
@@ -124,7 +149,8 @@ def train_matrix(params: MatrixParams = MatrixParams()) -> dict:
     result = {"cells": len(todo), "finished": len(finished), "unfinished": unfinished, "report": None}
     if finished:
         evaluated = evaluate(EvaluateParams(work=work, cells=finished, preset=params.preset,
-                                            evaluation=params.evaluation, report=params.report))
+                                            evaluation=params.evaluation, path_sources=params.path_sources,
+                                            report=params.report))
         result["report"] = evaluated["report"]
         for row in evaluated["cells"]:
             rows[row["cell"]].update({k: row[k] for k in ("best val loss", "success %")})

@@ -6,6 +6,7 @@
     maniflow extract       episodes of (env, task) -> frames store (decoded once, Zarr)
     maniflow paths         label every frame with a path (VLM server or oracle), resumably
     maniflow serve-paths   loopback VLM server speaking the HAMSTER / PEEK / OpenAI protocol
+    maniflow path-quality  how far a label's paths are from the ground truth, per frame, task and env
     maniflow import-paths  bring existing HAMSTER output directories into the path store
     maniflow render        frames + paths -> original / overlay / concat training datasets (Zarr)
     maniflow export        a rendered dataset as LeRobot v2.1 / v3.0, or as RoboTwin's policies' zarr
@@ -296,21 +297,28 @@ def cmd_serve_paths(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     faults = Faults(latency_s=args.latency, jitter_s=args.jitter, error_rate=args.error_rate,
                     timeout_rate=args.timeout_rate, hang_s=args.hang, malformed_rate=args.malformed_rate,
-                    outage_after=args.outage_after, seed=args.seed)
+                    outage_after=args.outage_after, shift=args.shift, flip_gripper=args.flip_gripper, seed=args.seed)
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise ValueError(f"API key variable {args.api_key_env} is not set")
-    serve_paths(args.work, _parse_ports(args.ports), args.host, faults, args.models, args.ready_file, api_key)
+    serve_paths(args.work, _parse_ports(args.ports), args.host, faults, args.models, args.ready_file, api_key,
+                args.batch, args.json_coords)
     return 0
+
+
+def _pair(text: str) -> tuple[float, float]:
+    x, y = (float(v) for v in text.split(","))
+    return x, y
 
 
 def _serve_paths_options(p: argparse.ArgumentParser) -> None:
     p.description = ("Serve POST /chat/completions (HAMSTER: list content) and "
                      "/v1/chat/completions (OpenAI: string content) on each port, one request at a "
-                     "time per port, answering with the oracle path of the frame the image shows "
-                     "(found among the frames stores under --work). Faults can be injected.")
+                     "time per port (--batch: more), answering with the oracle path of the frame the image shows "
+                     "(found among the frames stores under --work) in the format the prompt asks for (HAMSTER, "
+                     "PEEK or Qwen-VL JSON points). Faults and known perturbations can be injected.")
     p.add_argument("--work", default=DEFAULT_WORK, help="work root with frames/ (default %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     p.add_argument("--ports", default="8000", help="ports, e.g. 8000-8003 or 8000,8001; 0 = any free "
@@ -323,12 +331,44 @@ def _serve_paths_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--malformed-rate", type=float, default=0.0, help="share of answers broken like real ones")
     p.add_argument("--outage-after", type=int, default=None,
                    help="answer this many requests per port, then 503 for every request (a server gone down)")
+    p.add_argument("--shift", type=_pair, default=(0.0, 0.0), metavar="DX,DY",
+                   help="move every answer point by this fraction of the image (a known path error)")
+    p.add_argument("--flip-gripper", action="store_true", help="invert every gripper state in the answers")
+    p.add_argument("--batch", type=int, default=1,
+                   help="requests answered at once per port, like a batching vLLM / SGLang server (default 1: HAMSTER)")
+    p.add_argument("--json-coords", choices=("thousand", "pixel", "smart_resize"), default="thousand",
+                   help="coordinates of Qwen-VL JSON answers: thousand (Qwen3-VL, default), pixel of the image sent, "
+                   "smart_resize pixels of the image as Qwen2.5-VL's processor resizes it")
     p.add_argument("--models", type=csv, default=(), help="accepted model names (default: any)")
     p.add_argument("--seed", type=int, default=0, help="fault injection seed (default %(default)s)")
     p.add_argument("--ready-file", type=Path, default=None, help="write {\"urls\": [...]} here once listening")
     p.add_argument("--api-key-env", default=None,
                    help="require Authorization: Bearer $VAR, like vLLM's --api-key (VAR names the variable)")
     p.set_defaults(func=cmd_serve_paths)
+
+
+def cmd_path_quality(args) -> int:
+    from maniflow.paths.quality import markdown, path_quality
+
+    _frames_stores(args.work, args.envs, args.tasks, args.camera)
+    report = path_quality(args.work, args.label, args.envs, args.tasks, args.camera, args.out)
+    print("\n".join(markdown(report.data())))
+    print(f"-> {report.out}/quality.json, quality.md" + (", quality.png" if report.tasks else ""))
+    return 0 if report.tasks else 2
+
+
+def _path_quality_options(p: argparse.ArgumentParser) -> None:
+    p.description = ("Measure a path label's paths against the ground truth (the oracle, computed from the "
+                     "frames store) on every frame: start- and end-point error and Fréchet distance in pixels, "
+                     "gripper agreement, and each frame's parse outcome; distributions per episode, (env, task) "
+                     "and env. Writes {work}/quality/{label}/quality.json, quality.md and quality.png. Exit "
+                     "status 2 when no (env, task) has paths of the label.")
+    p.add_argument("--work", default=DEFAULT_WORK, help="work root (default %(default)s)")
+    p.add_argument("--label", default=DEFAULT_LABEL, help="path label to measure (default %(default)s)")
+    _found_options(p)
+    p.add_argument("--camera", default="head", choices=CAMERAS, help="camera (default head)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default {work}/quality/{label})")
+    p.set_defaults(func=cmd_path_quality)
 
 
 def cmd_import_paths(args) -> int:
@@ -509,7 +549,8 @@ def cmd_evaluate(args) -> int:
     if not cells:
         raise FileNotFoundError(f"no finished runs to evaluate under {workspace.root / 'runs'}")
     records, baselines = evaluate_cells(workspace, cells, from_args(EvalConfig, args))
-    report = build_report(records, baselines, args.out or workspace.report(args.preset))
+    report = build_report(records, baselines, args.out or workspace.report(args.preset),
+                          quality={c.label: workspace.quality(c.label) for c in cells})
     print(f"report: {report}")
     return 0
 
@@ -614,6 +655,7 @@ COMMANDS = {
     "extract": ("decode episodes into frames stores (Zarr), resumably", _extract_options),
     "paths": ("label every frame with a path, resumably", _paths_options),
     "serve-paths": ("loopback path server (HAMSTER/PEEK/OpenAI protocol, oracle answers)", _serve_paths_options),
+    "path-quality": ("a path label's error against the ground truth", _path_quality_options),
     "import-paths": ("import HAMSTER output directories (pickle-free)", _import_paths_options),
     "render": ("frames + paths -> training datasets (original, overlay, concat)", _render_options),
     "export": ("rendered datasets -> LeRobot v2.1 / v3.0, or RoboTwin's policies' zarr", _export_options),

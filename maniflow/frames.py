@@ -439,8 +439,12 @@ class FramesStore:
         start = int(self.episode_ends[i - 1]) if i > 0 else 0
         return slice(start, int(self.episode_ends[i]))
 
-    def rgb(self, i: int) -> np.ndarray:
-        return self.root["data/rgb"][self.episode_slice(i)]
+    def rgb(self, i: int, frames: list[int] | None = None) -> np.ndarray:
+        """The i-th episode's frames, or only `frames` of it (one chunk per frame: only those are read)."""
+        rows = self.episode_slice(i)
+        if frames is None:
+            return self.root["data/rgb"][rows]
+        return self.root["data/rgb"].oindex[[rows.start + t for t in frames]]
 
     def array(self, name: str, i: int | None = None) -> np.ndarray:
         arr = self.root[f"data/{name}"]

@@ -71,13 +71,17 @@ def describe_paths(path: Path) -> str:
     summary = json.loads(summary_file.read_text())
     t = summary["total"]
     lines.append(f"  {len(summary['episodes'])} episodes, {t['frames']} frames: ok {t['ok']}, repaired "
-                 f"{t['repaired']}, failed {t['failed']}, no answer {t['error']}; parsed "
+                 f"{t['repaired']}, failed {t['failed']}, no answer {t['error']}"
+                 + (f", not asked {t['skipped']} (every Nth frame)" if t.get("skipped") else "") + "; parsed "
                  f"{100 * t['parsed_share']:.1f}%; fallback used {t['fallback_used']}, "
                  f"without path {t['without_path']} (fallback {summary.get('fallback')})")
     for number, s in sorted(summary["episodes"].items(), key=lambda kv: int(kv[0])):
         flag = "" if s["parsed_share"] >= LOW_PARSE_SHARE else "   <- check"
         lines.append(f"    episode {number}: {s['frames']} frames, parsed {100 * s['parsed_share']:.1f}%"
                      f" (failed {s['failed']}, no answer {s['error']}){flag}")
+    if t.get("points"):
+        lines.append(f"  answer points outside the image under the declared coordinates: {t['points_out_of_range']} "
+                     f"of {t['points']}")
     for title, counts in (("repairs", t["repairs"]), ("failures", t["reasons"])):
         for name, n in Counter(counts).most_common(5):
             lines.append(f"  {title[:-1]}: {n} x {name}")

@@ -6,6 +6,8 @@
     {out}/action_error.png offline action error (joint units) per task and condition
     {out}/training.png     validation loss curves of every cell
     {out}/strips/*.png     closed-loop roll-outs: observed frames with the overlay, outcome bar
+    {out}/quality-{label}.png  error distributions of each path label against the oracle, when
+                           measured (`maniflow path-quality`, prepare-data)
 
 Built from `evaluate_cell` records only, so the same report comes out of a train-matrix run,
 the `evaluate` flow and `maniflow evaluate`.
@@ -42,14 +44,40 @@ def _cell(record: dict) -> Cell:
     return Cell(**record["cell"])
 
 
-def _key(record: dict) -> tuple[str, str, str]:
-    """(train env, condition, task): a cell less its seed."""
+# An arm of the matrix: (condition, path label), the label None for a condition that draws no
+# path (its cells are the same whatever the label).
+Arm = tuple[str, str | None]
+ORACLE = "oracle"  # the ground truth's label: the upper bound other labels are compared with
+
+
+def _arm(cell: Cell) -> Arm:
+    return cell.condition, None if CONDITIONS[cell.condition].dataset == "original" else cell.label
+
+
+def _key(record: dict) -> tuple[str, Arm, str]:
+    """(train env, arm, task): a cell less its seed."""
     c = _cell(record)
-    return c.env, c.condition, c.task
+    return c.env, _arm(c), c.task
+
+
+def _arms(cells: dict) -> list[Arm]:
+    """The arms present, in the conditions' order, then by label."""
+    order = CONDITIONS.names()
+    return sorted({k[1] for k in cells}, key=lambda a: (order.index(a[0]), a[1] or ""))
+
+
+def _labels(cells: dict) -> list[str]:
+    return sorted({k[1][1] for k in cells if k[1][1] is not None})
+
+
+def arm_name(arm: Arm, labels: list[str], titles: bool = False) -> str:
+    """The condition (its title with `titles`), and the path label when the matrix has several."""
+    name = CONDITION_TITLES.get(arm[0], arm[0]) if titles else arm[0]
+    return name if arm[1] is None or len(labels) < 2 else f"{name} [{arm[1]}]"
 
 
 def _outcomes(records: list[dict]) -> dict:
-    """(train env, condition, task) -> {seed: success list}."""
+    """(train env, arm, task) -> {seed: success list}."""
     out: dict = defaultdict(dict)
     for r in records:
         out[_key(r)][_cell(r).seed] = r["closed_loop"]["success"]
@@ -76,6 +104,8 @@ QUESTIONS = {
     "initial": ("Does the initial-frame overlay help?", "initial + current overlay vs current overlay: memory under "
                 "occlusion"),
     "clutter": ("Does cluttered training help?", "cluttered vs clean training data, evaluated on cluttered scenes"),
+    "vlm": ("How much of the overlay's effect is lost to VLM path error?", "the same condition trained on a VLM's "
+            "paths vs on the ground truth's (oracle, the upper bound)"),
 }
 
 
@@ -99,7 +129,11 @@ def answers(records: list[dict]) -> list[tuple[str, str, list[str]]]:
     cells = _outcomes(records)
     envs = [e for e in ENV_ORDER if any(k[0] == e for k in cells)]
     tasks = sorted({k[2] for k in cells})
+    labels = _labels(cells)
     seed_var = seed_variance([x[0] for x in (_stack(cells, [k]) for k in cells) if x is not None])
+
+    def paths(label: str) -> str:
+        return f", {label} paths" if len(labels) > 1 else ""
 
     def compare(a: tuple, b: tuple, name_a: str, name_b: str) -> str | None:
         common = [t for t in tasks if (*a, t) in cells and (*b, t) in cells]
@@ -117,13 +151,18 @@ def answers(records: list[dict]) -> list[tuple[str, str, list[str]]]:
             if per_task else None
 
     lines = {
-        "path": [compare((e, "overlay_current"), (e, "original"), f"overlay (trained on {e})", "original RGB")
-                 for e in envs],
-        "initial": [compare((e, "overlay_initial_current"), (e, "overlay_current"), f"initial + current overlay ({e})",
-                            "current overlay only") for e in envs],
-        "clutter": [compare(("cluttered", c), ("clean", c), f"training on cluttered ({c})", "training on clean")
-                    for c in CONDITIONS.names()],
+        "path": [compare((e, ("overlay_current", lb)), (e, ("original", None)), f"overlay (trained on {e}{paths(lb)})",
+                         "original RGB") for e in envs for lb in labels],
+        "initial": [compare((e, ("overlay_initial_current", lb)), (e, ("overlay_current", lb)),
+                            f"initial + current overlay ({e}{paths(lb)})", "current overlay only")
+                    for e in envs for lb in labels],
+        "clutter": [compare(("cluttered", arm), ("clean", arm), f"training on cluttered ({arm_name(arm, labels)})",
+                            "training on clean") for arm in _arms(cells)],
     }
+    if ORACLE in labels and len(labels) > 1:  # only a matrix with the path label as an axis asks it
+        lines["vlm"] = [compare((e, arm), (e, (arm[0], ORACLE)), f"{arm[0]} on {arm[1]} paths ({e})",
+                                "on oracle paths") for e in envs for arm in _arms(cells)
+                        if arm[1] not in (None, ORACLE)]
     return [(*QUESTIONS[k], [x for x in found if x]) for k, found in lines.items()]
 
 
@@ -160,8 +199,14 @@ def check_protocol(records: list[dict]) -> None:
     if len(versions) > 1:
         raise ValueError(f"the records come from model versions {versions}: one report compares one version "
                          "(retrain or evaluate the older runs apart)")
-    differ = [k for k, default in PROTOCOL.items()
-              if len({json.dumps((r.get("eval") or {}).get(k, default), sort_keys=True) for r in records}) > 1]
+    def setting(r, k):
+        return json.dumps((r.get("eval") or {}).get(k, PROTOCOL[k]), sort_keys=True)
+
+    differ = [k for k in PROTOCOL if k != "paths" and len({setting(r, k) for r in records}) > 1]
+    # Closed-loop paths come from the provider of the cell's own path label: one per label.
+    if any(len({setting(r, "paths") for r in records if _cell(r).label == label}) > 1
+           for label in {_cell(r).label for r in records}):
+        differ.append("paths")
     if differ:
         raise ValueError(f"the cells were evaluated with different {', '.join(differ)}: one report compares cells "
                          "under one protocol and one checkpoint rule")
@@ -184,14 +229,20 @@ def protocol_lines(records: list[dict]) -> list[str]:
     code = sorted({(r.get("code_version") or {}).get("git") or (r.get("code_version") or {}).get("maniflow", "?")
                    for r in records}, key=str)
     rule = cfg.get("checkpoint", "best")
-    paths = cfg.get("paths") or {}
+    sources = {}  # path label of the training data -> closed-loop path source
+    for r in sorted(records, key=lambda r: _cell(r).label):
+        if _arm(_cell(r))[1] is not None:
+            paths = (r.get("eval") or {}).get("paths") or {}
+            sources[_cell(r).label] = paths.get("label") or paths.get("kind", "?")
+    policy_paths = (f"paths from `{next(iter(sources.values()), '?')}` in closed loop" if len(sources) < 2 else
+                    "paths in closed loop from " + ", ".join(f"`{s}` for cells trained on `{lb}` paths"
+                                                             for lb, s in sources.items()))
     fallback = sum(bool((r.get("checkpoint_choice") or {}).get("fallback_to_latest")) for r in records)
     lines = [
         f"- **Protocol**: closed loop on **{cfg.get('env', 'cluttered')}** scenes of {' and '.join(sims)}; per task "
         "the layouts the scripted expert solves, tried from the evaluation seed upwards (RoboTwin's rule), the "
         "same for every cell: " + "; ".join(f"{t}: {_layouts_text(x, cfg)}" for t, x in sorted(layouts.items())) + ".",
-        f"- **Policy inputs**: paths from `{paths.get('label') or paths.get('kind', '?')}` in closed loop, "
-        f"{cfg.get('execute_steps', '?')} actions executed per predicted chunk.",
+        f"- **Policy inputs**: {policy_paths}, {cfg.get('execute_steps', '?')} actions executed per predicted chunk.",
         f"- **Training seeds**: {seeds} ({per_cell} or more per cell). " + (
             "Intervals are 95% percentile bootstraps over training seeds and evaluation layouts (crossed: every "
             "seed sees every layout)." if per_cell >= MIN_SEEDS else
@@ -228,13 +279,13 @@ def summary_table(records: list[dict], baselines: dict[str, dict]) -> list[str]:
     baselines: the table the README shows."""
     cells = _outcomes(records)
     envs = [e for e in ENV_ORDER if any(k[0] == e for k in cells)]
-    conditions = [c for c in CONDITIONS.names() if any(k[1] == c for k in cells)]
+    arms, labels = _arms(cells), _labels(cells)
     tasks = sorted({k[2] for k in cells})
-    md = ["| trained on | " + " | ".join(CONDITION_TITLES.get(c, c) for c in conditions)
-          + " | do nothing | scripted expert |", "|---" * (len(conditions) + 3) + "|"]
+    md = ["| trained on | " + " | ".join(arm_name(a, labels, titles=True) for a in arms)
+          + " | do nothing | scripted expert |", "|---" * (len(arms) + 3) + "|"]
     for env in envs:
         row = [env]
-        for c in conditions:
+        for c in arms:
             x = _stack(cells, [(env, c, t) for t in tasks if (env, c, t) in cells])
             est = None if x is None else bootstrap(x)
             row.append("-" if est is None else f"{100 * est.mean:.0f}% [{100 * est.low:.0f}, {100 * est.high:.0f}]")
@@ -246,15 +297,17 @@ def summary_table(records: list[dict], baselines: dict[str, dict]) -> list[str]:
 
 
 def build_report(records: list[dict], baselines: dict[str, dict], out, title: str = "ManiFlow path-guidance matrix",
-                 notes: list[str] | None = None) -> Path:
-    """Write the report directory; returns report.md."""
+                 notes: list[str] | None = None, quality: dict[str, Path] | None = None) -> Path:
+    """Write the report directory; returns report.md. `quality`: the path-quality directory of
+    each path label ({work}/quality/{label}), shown where measured."""
     out = Path(out)
     check_protocol(records)
     tmp = temp_sibling(out)
     (tmp / "strips").mkdir(parents=True)
     cells = _outcomes(records)
     envs = [e for e in ENV_ORDER if any(k[0] == e for k in cells)]
-    conditions = [c for c in CONDITIONS.names() if any(k[1] == c for k in cells)]
+    arms, labels = _arms(cells), _labels(cells)
+    names = [arm_name(a, labels) for a in arms]
     tasks = sorted({k[2] for k in cells} | set(baselines))
 
     md = [f"# {title}", ""] + protocol_lines(records) + [""]
@@ -262,6 +315,7 @@ def build_report(records: list[dict], baselines: dict[str, dict], out, title: st
     md += ["## Summary", "", "Closed-loop success over every task and training seed, 95% interval as above:", ""]
     md += summary_table(records, baselines)
     md += data_section(records)
+    md += quality_section(quality or {}, _labels(cells), tmp)
     md += ["", "## Answers", ""]
     for question, compared, lines in answers(records):
         md += [f"**{question}** ({compared})", ""]
@@ -270,11 +324,11 @@ def build_report(records: list[dict], baselines: dict[str, dict], out, title: st
 
     for env in envs:
         md += [f"## Trained on {env}: success % [95% interval] (per seed) / action MAE", "",
-               "| task | " + " | ".join(conditions) + " | do nothing | expert |",
-               "|---" * (len(conditions) + 3) + "|"]
+               "| task | " + " | ".join(names) + " | do nothing | expert |",
+               "|---" * (len(arms) + 3) + "|"]
         for task in tasks:
             row = [task]
-            for c in conditions:
+            for c in arms:
                 est = _cell_estimate(cells, (env, c, task))
                 mae = _mean_offline(records, (env, c, task))
                 per_seed = "/".join(f"{100 * x:.0f}" for x in _seed_rates(cells, (env, c, task)))
@@ -294,22 +348,22 @@ def build_report(records: list[dict], baselines: dict[str, dict], out, title: st
         off, c, tr = r.get("offline") or {}, _cell(r), r["train"]
         pl = tr.get("plateau") or {}
         gain = "-" if pl.get("gain") is None else f"{100 * pl['gain']:.1f}%"
-        md.append(f"| {c.env} | {c.condition} | {c.task} | {c.seed} | {tr['epochs']} | "
+        md.append(f"| {c.env} | {arm_name(_arm(c), labels)} | {c.task} | {c.seed} | {tr['epochs']} | "
                   f"{_fmt(tr['best_val_loss'])} ({pl.get('best_epoch', '-')}) | {gain} | {_fmt(off.get('val_loss'))} | "
                   f"{100 * r['closed_loop']['success_rate']:.0f}% | `{r['checkpoint']}` |")
     md.append("")
 
     figures = []
     if records:
-        _bar_chart(tmp / "success.png", envs, conditions, tasks, lambda e, c, t: _cell_estimate(cells, (e, c, t)),
-                   "closed-loop success (%)", scale=100.0, baselines=baselines,
-                   dots=lambda e, c, t: _seed_rates(cells, (e, c, t)))
+        _bar_chart(tmp / "success.png", envs, arms, names, tasks,
+                   lambda e, c, t: _cell_estimate(cells, (e, c, t)), "closed-loop success (%)", scale=100.0,
+                   baselines=baselines, dots=lambda e, c, t: _seed_rates(cells, (e, c, t)))
         figures.append(("Closed-loop success (bars: mean and 95% interval; dots: each training seed)", "success.png"))
         if any(r.get("offline") for r in records):
-            _bar_chart(tmp / "action_error.png", envs, conditions, tasks,
+            _bar_chart(tmp / "action_error.png", envs, arms, names, tasks,
                        lambda e, c, t: _point(_mean_offline(records, (e, c, t))), "offline action MAE (joint units)")
             figures.append(("Offline action error", "action_error.png"))
-        _training_curves(tmp / "training.png", records)
+        _training_curves(tmp / "training.png", records, labels)
         figures.append(("Training curves (validation loss, EMA)", "training.png"))
     md += ["## Figures", ""] + [f"### {name}\n\n![{name}]({file})\n" for name, file in figures]
 
@@ -353,6 +407,24 @@ def data_section(records: list[dict]) -> list[str]:
     return md
 
 
+def quality_section(quality: dict[str, Path], labels: list[str], out: Path) -> list[str]:
+    """How far each path label's paths are from the ground truth, where it was measured; its
+    figure is copied next to the report."""
+    from maniflow.paths.quality import markdown
+
+    found = {lb: Path(quality[lb]) for lb in labels if lb in quality and (Path(quality[lb]) / "quality.json").exists()}
+    if not found:
+        return []
+    md = ["", "## Path quality", ""]
+    for label, directory in found.items():
+        figure = None
+        if (directory / "quality.png").exists():
+            figure = f"quality-{label}.png"
+            shutil.copyfile(directory / "quality.png", out / figure)
+        md += markdown(json.loads((directory / "quality.json").read_text()), figure) + [""]
+    return md[:-1]
+
+
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:.4f}"
 
@@ -361,25 +433,26 @@ def _point(x):
     return None if x is None else Estimate(x, x, x, 1, 1, 1)
 
 
-def _bar_chart(path: Path, envs, conditions, tasks, estimate, ylabel: str, scale: float = 1.0, baselines=None,
+def _bar_chart(path: Path, envs, arms, names, tasks, estimate, ylabel: str, scale: float = 1.0, baselines=None,
                dots=None):
-    """Bars (mean, interval) per task and condition; `dots(env, condition, task)`: per-seed values."""
+    """Bars (mean, interval) per task and arm (`names`: their legend); `dots(env, arm, task)`:
+    per-seed values."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     fig, axes = plt.subplots(1, len(envs), figsize=(max(6, 1.6 * len(tasks) * len(envs) + 2), 3.8), squeeze=False)
-    width = 0.8 / max(1, len(conditions))
+    width = 0.8 / max(1, len(arms))
     for ax, env in zip(axes[0], envs):
         x = np.arange(len(tasks))
-        for i, c in enumerate(conditions):
+        for i, (c, name) in enumerate(zip(arms, names)):
             ests = [estimate(env, c, t) for t in tasks]
             mean = np.array([np.nan if e is None else e.mean * scale for e in ests])
             err = np.array([[0 if e is None else (e.mean - e.low) * scale for e in ests],
                             [0 if e is None else (e.high - e.mean) * scale for e in ests]])
-            centre = x + (i - (len(conditions) - 1) / 2) * width
-            ax.bar(centre, mean, width, yerr=err, capsize=2, label=c, alpha=0.8)
+            centre = x + (i - (len(arms) - 1) / 2) * width
+            ax.bar(centre, mean, width, yerr=err, capsize=2, label=name, alpha=0.8)
             if dots:
                 for j, t in enumerate(tasks):
                     values = np.asarray(dots(env, c, t)) * scale
@@ -399,7 +472,7 @@ def _bar_chart(path: Path, envs, conditions, tasks, estimate, ylabel: str, scale
     plt.close(fig)
 
 
-def _training_curves(path: Path, records: list[dict]):
+def _training_curves(path: Path, records: list[dict], labels: list[str]):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -415,7 +488,8 @@ def _training_curves(path: Path, records: list[dict]):
                 continue
             h = [x for x in r["train"]["history"] if x["val_loss"] is not None]
             ax.plot([x["epoch"] for x in h], [x["val_loss"] for x in h], color=colours[c.condition],
-                    linestyle="-" if c.env == "cluttered" else "--", label=f"{c.env}/{c.condition} s{c.seed}")
+                    linestyle="-" if c.env == "cluttered" else "--",
+                    label=f"{c.env}/{arm_name(_arm(c), labels)} s{c.seed}")
         ax.set_title(task)
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation loss")

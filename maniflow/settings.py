@@ -230,6 +230,13 @@ class EvalConfig:
         if self.episodes < 1:
             raise ValueError(f"episodes {self.episodes}: at least 1")
 
+    def for_label(self, label: str, sources: list[ProviderConfig] = ()) -> EvalConfig:
+        """The evaluation of a cell trained on `label`'s paths: in closed loop the paths come from
+        the provider that made that label (one of `sources`, the matrix's further path sources), or
+        from `paths` for any other label."""
+        source = next((p for p in sources if p.name == label), None)
+        return self if source is None else replace(self, paths=source)
+
     def identity(self) -> dict:
         """What the results depend on: the settings, less the endpoints of a computed path source."""
         out = asdict(self)

@@ -26,6 +26,7 @@ import numpy as np
 
 from maniflow.frames import FramesStore, IncompleteStoreError
 from maniflow.overlay import render_views
+from maniflow.paths.quality import episode_errors
 from maniflow.paths.store import PathStore
 from maniflow.workspace import Workspace
 
@@ -94,8 +95,9 @@ class WorkView:
             except KeyError as e:  # not labelled (yet): the frames still show
                 out["paths_missing"] = str(e).strip("'\"")
                 return out
-            out["per_frame"] = [{k: f.get(k) for k in ("status", "repairs", "reason", "from", "raw")}
-                                for f in stored.record["frames"]]
+            errors = episode_errors(store, store.row(number), stored)  # against the oracle, in pixels
+            out["per_frame"] = [{**{k: f.get(k) for k in ("status", "repairs", "reason", "from", "raw")}, "error": e}
+                                for f, e in zip(stored.record["frames"], errors)]
         return out
 
     def frame_png(self, env: str, task: str, number: int, t: int, view: str, label: str | None) -> bytes:

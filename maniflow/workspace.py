@@ -134,6 +134,10 @@ class Workspace:
     def paths(self, label: str, env: str, task: str, camera: str = "head") -> Path:
         return self.root / "paths" / label / env / _camera_name(task, camera)
 
+    def quality(self, label: str) -> Path:
+        """`maniflow path-quality`'s output for a path label (its paths against the oracle)."""
+        return self.root / "quality" / label
+
     def locks(self, name: str) -> Path:
         return self.root / ".locks" / name
 

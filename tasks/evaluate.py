@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from maniflow.artifacts import BUDGET, inline_figures
 from maniflow.evaluate import evaluate_baselines, evaluate_cell
+from maniflow.paths.label import ProviderConfig
 from maniflow.report import build_report
 from maniflow.settings import EvalConfig
 from maniflow.workspace import Cell, Workspace
@@ -34,11 +35,14 @@ def baselines(work: str, task_name: str, cfg: EvalConfig) -> dict:
 
 
 @task(name="report", cache_policy=NO_CACHE, task_run_name="report {out}")
-def report(work: str, cells: list[Cell], cfg: EvalConfig, out: str, title: str) -> str:
+def report(work: str, cells: list[Cell], cfg: EvalConfig, out: str, title: str,
+           path_sources: list[ProviderConfig] = ()) -> str:
     """Build the report from the cells' stored evaluation records and publish it as an artifact."""
-    records = [evaluate_cell(work, cell, cfg) for cell in cells]  # stored: reads {run}/eval/*.json
-    md_path = build_report(records, {t: evaluate_baselines(work, t, cfg) for t in sorted({c.task for c in cells})},
-                           out, title)
+    # stored: reads {run}/eval/*.json
+    records = [evaluate_cell(work, cell, cfg.for_label(cell.label, path_sources)) for cell in cells]
+    baselines = {t: evaluate_baselines(work, t, cfg) for t in sorted({c.task for c in cells})}
+    md_path = build_report(records, baselines, out, title,
+                           quality={c.label: Workspace(work).quality(c.label) for c in cells})
     publish_report(md_path, [Workspace(work).run(c) for c in cells])
     return str(md_path)
 

@@ -1,5 +1,5 @@
-"""Data-preparation tasks: extract, label paths per episode, render per episode, assemble, and
-(when formats are asked for) export.
+"""Data-preparation tasks: extract, label paths per episode, render per episode, assemble, path
+quality against the ground truth, and (when formats are asked for) export.
 
 Each task wraps one library function. Cache keys are built from what the result depends on
 (source file fingerprints, frames-store episode fingerprints, path files, provider identity,
@@ -15,15 +15,17 @@ import json
 from dataclasses import asdict
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from maniflow import __version__
 from maniflow.artifacts import inline_figures
 from maniflow.datasets import assemble_datasets, render_episode, render_inputs
 from maniflow.exporters import export_dataset
 from maniflow.frames import FramesStore, extract_task
-from maniflow.paths.client import NoEndpointAvailable
+from maniflow.paths.client import NoEndpointAvailable, RequestsRejected
 from maniflow.paths.label import label_paths
+from maniflow.paths.quality import FORMAT_VERSION as QUALITY_VERSION
+from maniflow.paths.quality import markdown, path_quality, table_rows
 from maniflow.paths.store import PathStore
 from maniflow.previews import contact_sheet
 from maniflow.robotwin import select_episodes
@@ -45,6 +47,8 @@ def _transient(task_, run, state) -> bool:
     """Retry endpoint trouble, never deterministic failures (bad input, bad configuration)."""
     try:
         state.result()
+    except RequestsRejected:  # wrong model name, URL or key: the same answer every time
+        return False
     except (NoEndpointAvailable, PathsIncomplete):
         return True
     except Exception:  # noqa: BLE001 - anything else is not worth a blind retry
@@ -92,7 +96,8 @@ def _label_key(ctx, p) -> str:
     frames = _frames(job)
     record = frames.episodes[frames.row(p["number"])]
     return cache_key("paths", job.work, job.env, job.task, p["number"], provider.source_fingerprint(record),
-                     record["frames"], provider.name, provider.identity(), provider.coords, provider.fallback)
+                     record["frames"], provider.name, provider.identity(), provider.coords, provider.fallback,
+                     provider.every)
 
 
 # Retries (how many, how long apart) are the flow's settings: `prepare_data` sets them.
@@ -104,6 +109,8 @@ def label_episode(job: PrepareJob, number: int) -> dict:
     report = label_paths(job.work, job.env, job.task, job.cfg.provider, job.cfg.client_for(job.work),
                          camera=CAMERA, episodes=[number], summary=False)
     stats = report.total
+    for warning in report.warnings():
+        print(f"WARNING {job} episode {number}: {warning}")
     if stats["error"]:
         raise PathsIncomplete(f"{job} episode {number}: {stats['error']} frames got no answer "
                               f"({stats['reasons']}); the answered ones are kept")
@@ -155,6 +162,30 @@ def assemble(job: PrepareJob, numbers: list[int], rendered: list[dict] | None = 
     if assembled:
         publish_preview(job, summary)
     return {"stores": {k: str(v) for k, v in stores.items()}, "assembled": assembled, "paths": str(paths)}
+
+
+def _quality_key(ctx, p) -> str:
+    workspace = Workspace(p["work"])
+    files = [f for env in p["envs"] for task_name in p["tasks"]
+             for f in workspace.paths(p["label"], env, task_name, CAMERA).glob("episode*.json")]
+    return cache_key("quality", QUALITY_VERSION, p["work"], p["label"], p["envs"], p["tasks"], _stats(files))
+
+
+@task(name="path-quality", cache_key_fn=_quality_key, persist_result=True, result_serializer="json",
+      task_run_name="path quality [{label}]")
+def quality(work: str, label: str, envs: list[str], tasks: list[str]) -> dict:
+    """The label's paths against the ground truth (maniflow path-quality), published as a table
+    and a markdown artifact with the error distributions."""
+    report = path_quality(work, label, envs, tasks, CAMERA)
+    data = report.data()
+    key = "".join(c if c.isalnum() else "-" for c in f"path-quality-{label}".lower())
+    create_table_artifact(table_rows(data), key=f"{key}-table",
+                          description=f"paths {label} vs the oracle: pixel errors, median and 90th percentile")
+    if report.tasks:
+        create_markdown_artifact(inline_figures(f"### Path quality [{label}]\n\n"
+                                                + "\n".join(markdown(data, "quality.png")), report.out), key=key,
+                                 description=f"paths {label} against the ground truth")
+    return {"out": str(report.out), "measured": [f"{t.env}/{t.task}" for t in report.tasks]}
 
 
 @task(name="export", persist_result=False, task_run_name="export {job}")

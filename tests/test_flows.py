@@ -176,8 +176,8 @@ def _wait(run_id, seconds=600, log=None):
             time.sleep(2)
 
 
-def _subflow_task_states(parent_id, flow_name: str) -> dict[str, str]:
-    """Task-run states of the `flow_name` subflow run of a parent flow run."""
+def _subflow_task_states(parent_id, flow_name: str, run_name: str | None = None) -> dict[str, str]:
+    """Task-run states of the `flow_name` subflow run (named `run_name`) of a parent flow run."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
@@ -185,7 +185,8 @@ def _subflow_task_states(parent_id, flow_name: str) -> dict[str, str]:
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])))
         flows = {f.id: f.name for f in client.read_flows()}
-    latest = max((c for c in children if flows[c.flow_id] == flow_name), key=lambda c: c.created)
+    latest = max((c for c in children if flows[c.flow_id] == flow_name and run_name in (None, c.name)),
+                 key=lambda c: c.created)
     return _task_states(latest.id)  # a retried parent has one child per attempt
 
 
@@ -195,7 +196,8 @@ def test_train_matrix_on_workers_outage_retry_and_nothing_twice(dask_address, sm
     data prepared on an existing Dask cluster (`dask_address`): a tiny train-matrix whose path
     server goes down mid-labelling fails exactly the episodes it did not answer; `prefect
     flow-run retry` after the server is back labels only those, trains the cells (each its own
-    train-run flow run) and writes the report; running the matrix again computes nothing."""
+    train-run flow run; the overlay also on oracle paths, the path label as an axis) and writes
+    the report; running the matrix again computes nothing."""
     from maniflow.frames import extract_task
 
     project = Path(__file__).resolve().parents[1]
@@ -234,7 +236,7 @@ def test_train_matrix_on_workers_outage_retry_and_nothing_twice(dask_address, sm
                for (pool, limit), log in zip((("maniflow-control", "2"), ("maniflow", "1")), logs)]
     try:
         params = {"work": str(work), "root": str(small_root), "envs": ["clean"], "tasks": ["click_bell"],
-                  "conditions": ["original", "overlay_current"], "preset": "demo",
+                  "conditions": ["original", "overlay_current"], "preset": "demo", "path_sources": [{"kind": "oracle"}],
                   "train": {"epochs": 1, "device": "cpu"}, "poll_s": 1, "report": "tiny", "dask_address": dask_address,
                   "data": {"provider": {"kind": "hamster"}, "dataset": {"resolution": 48},
                            "export": {"formats": ["lerobot-v3.0"], "views": ["overlay"]},
@@ -244,7 +246,7 @@ def test_train_matrix_on_workers_outage_retry_and_nothing_twice(dask_address, sm
         out = prefect("deployment", "run", "train-matrix/all", "--param", f"params={json.dumps(params)}")
         matrix_id = out.split("UUID: ")[1].split()[0]
         assert _wait(matrix_id, log=tmp_path / "worker-control.log").is_failed()
-        states = _subflow_task_states(matrix_id, "prepare-data")
+        states = _subflow_task_states(matrix_id, "prepare-data", "prepare [hamster]")
         labels = {k: v for k, v in states.items() if k.startswith("paths")}
         done = {k for k, v in labels.items() if v == "Completed"}
         failed = {k for k, v in labels.items() if v == "Failed"}
@@ -256,21 +258,22 @@ def test_train_matrix_on_workers_outage_retry_and_nothing_twice(dask_address, sm
         prefect("flow-run", "retry", matrix_id)
         state = _wait(matrix_id, log=tmp_path / "worker-control.log")
         assert state.is_completed(), (tmp_path / "worker-control.log").read_text()[-4000:]
-        states = _subflow_task_states(matrix_id, "prepare-data")
+        states = _subflow_task_states(matrix_id, "prepare-data", "prepare [hamster]")
         labels = {k: v for k, v in states.items() if k.startswith("paths")}
         assert {k for k, v in labels.items() if v == "Cached"} == done  # answered episodes: not asked again
         assert {k for k, v in labels.items() if v == "Completed"} == failed
 
         cells = _flow_runs("train-run", "matrix")
         assert sorted(r.name for r in cells) == ["train clean/original/click_bell seed 0",
-                                                 "train clean/overlay_current/click_bell seed 0"]
+                                                 "train clean/overlay_current/click_bell seed 0",
+                                                 "train clean/overlay_current/click_bell seed 0 [oracle]"]
         assert all(r.state.is_completed() for r in cells)
         # Named from the moment they were scheduled: the server's Scheduled events carry the name.
         scheduled = httpx.post(f"{prefect_server}/events/filter", timeout=30, json={"limit": 50, "filter": {
             "event": {"name": ["prefect.flow-run.Scheduled"]},
             "resource": {"id": [f"prefect.flow-run.{r.id}" for r in cells]}}}).json()["events"]
         assert sorted(e["resource"]["prefect.resource.name"] for e in scheduled) == sorted(r.name for r in cells)
-        for c in ("original", "overlay_current"):
+        for c in ("original", "overlay_current", "overlay_current-oracle"):
             assert (work / f"runs/clean_{c}_click_bell_demo_seed0/checkpoints/latest.ckpt").exists()
             assert (work / f"datasets/cluttered_{'overlay' if 'overlay' in c else 'original'}_click_bell.zarr").exists()
         for e in ("clean", "cluttered"):  # prepare-data's optional export step
@@ -278,8 +281,14 @@ def test_train_matrix_on_workers_outage_retry_and_nothing_twice(dask_address, sm
             assert info["total_frames"] == sum(lengths[e]) and info["total_episodes"] == 3
         report = (work / "reports/tiny/report.md").read_text()
         assert "| click_bell |" in report and "do nothing" in report
+        # The path label is an axis: the report compares the overlay on hamster and on oracle
+        # paths, and says how far each label's paths are from the ground truth.
+        assert "**How much of the overlay's effect is lost to VLM path error?**" in report
+        assert "- overlay_current on hamster paths (clean)" in report
+        assert "## Path quality" in report and "| clean/click_bell |" in report
+        assert (work / "reports/tiny/quality-hamster.png").exists()
         results = json.loads((work / "reports/tiny/results.json").read_text())
-        assert len(results["cells"]) == 2 and results["baselines"]["click_bell"]["expert"]["success"] == [True, True]
+        assert len(results["cells"]) == 3 and results["baselines"]["click_bell"]["expert"]["success"] == [True, True]
 
         # A second run of the matrix computes nothing: no new cell runs, every stage cached, no
         # store or export rewritten (the stamps hold the exports' info.json and maniflow-export.json).
@@ -288,9 +297,11 @@ def test_train_matrix_on_workers_outage_retry_and_nothing_twice(dask_address, sm
         out = prefect("deployment", "run", "train-matrix/all", "--param", f"params={json.dumps(params)}")
         again = out.split("UUID: ")[1].split()[0]
         assert _wait(again, log=tmp_path / "worker-control.log").is_completed()
-        assert len(_flow_runs("train-run", "matrix")) == 2
-        states = _subflow_task_states(again, "prepare-data")
-        assert {v for k, v in states.items() if not k.startswith(("assemble", "export"))} == {"Cached"}
+        assert len(_flow_runs("train-run", "matrix")) == 3
+        for label in ("hamster", "oracle"):
+            states = _subflow_task_states(again, "prepare-data", f"prepare [{label}]")
+            assert {v for k, v in states.items() if not k.startswith(("assemble", "export"))} == {"Cached"}
+            assert states[f"path quality [{label}]"] == "Cached"
         # Evaluation has one cache, the records under each run's eval/: the stamps below hold them.
         assert {v for k, v in _subflow_task_states(again, "evaluate").items() if k.startswith("evaluate")} \
             == {"Completed"}
@@ -301,7 +312,8 @@ def test_train_matrix_on_workers_outage_retry_and_nothing_twice(dask_address, sm
         rendered = [_render_artifact(browser, prefect_server, a) for a in _artifacts()]
         assert {r["type"] for r in rendered} == {"markdown", "table", "progress"}
         keys = {r["key"] for r in rendered}
-        assert {"experiment-report", "train-matrix-demo", "paths-clean-click-bell-hamster"} <= keys
+        assert {"experiment-report", "train-matrix-demo", "paths-clean-click-bell-hamster", "path-quality-hamster",
+                "path-quality-hamster-table", "path-quality-oracle"} <= keys
         report = next(a for a in _artifacts() if a.key == "experiment-report").data
         for cell in cells:  # the report links the flow runs that trained its cells, and the viewer
             assert f"[{cell.name}]({prefect_server[:-len('/api')]}/runs/flow-run/{cell.id})" in report, report[-600:]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from maniflow.paths.parse import parse_hamster, parse_peek
+from maniflow.paths.parse import parse_hamster, parse_peek, parse_points_json
 from maniflow.paths.protocol import crop_to_frame, format_hamster_answer, format_peek_answer, frame_to_crop, reply_text
 
 
@@ -65,10 +65,17 @@ def test_oracle_answer_format_round_trips_gripper_states():
     assert format_hamster_answer([(0.5, 0.5, 0)]) == "<ans>[(0.5000, 0.5000)]</ans>"
 
 
-def test_peek_answer_uses_the_trajectory_not_the_mask():
+def test_peek_answer_draws_the_trajectory_and_keeps_the_mask():
     text = "TRAJECTORY: <ans>[(0.25, 0.32), (0.5, 0.75)]</ans> MASK: <ans>[(0.9, 0.9), (0.8, 0.8)]</ans>"
     p = parse_peek(text)
     assert p.status == "ok" and p.points == [(0.25, 0.32, None), (0.5, 0.75, None)]
+    assert p.mask == [(0.9, 0.9), (0.8, 0.8)] and p.extras()["mask"] == [[0.9, 0.9], [0.8, 0.8]]
+    # In the store the mask is mapped from the 384x384 crop to the frame, like the path.
+    from maniflow.paths.store import parse_answer
+
+    framed = parse_answer(text, "peek", 320, 240)
+    assert [c for p in framed.mask for c in p] == pytest.approx([(40 + 0.9 * 240) / 320, 0.9,
+                                                                 (40 + 0.8 * 240) / 320, 0.8])
     p = parse_peek("<ans>[(0.25, 0.32), <action>Open Gripper</action>, (0.5, 0.75)]</ans>")
     assert p.status == "repaired" and p.points == [(0.25, 0.32, None), (0.5, 0.75, None)]
     assert "no TRAJECTORY label; first <ans> used" in p.repairs
@@ -106,3 +113,53 @@ def test_other_coordinate_conventions_are_rescaled_not_dropped():
     # PEEK pixels are of the 384x384 crop: its centre is the frame's centre.
     peek = parse_answer("TRAJECTORY: <ans>[(192, 192)]</ans>", "peek", 320, 240, "pixel")
     assert peek.points == [(0.5, 0.5, None)]
+
+
+QWEN3 = ('```json\n[\n  {"point_2d": [250, 320], "label": "gripper"},\n  {"point_2d": [740, 210], '
+         '"label": "red \\"bell\\""}\n]\n```')
+
+
+def test_qwen_json_point_lists_are_a_declared_format_with_labels_and_no_gripper_states():
+    from maniflow.paths.store import parse_answer
+
+    p = parse_points_json(QWEN3, (1000.0, 1000.0))
+    assert p.status == "ok" and p.repairs == []
+    assert p.points == [(0.25, 0.32, None), (0.74, 0.21, None)]  # no invented gripper state
+    assert p.labels == ["gripper", 'red "bell"'] and p.extras()["labels"] == p.labels
+    assert p.answered == 2 and p.out_of_range == 0
+    # Qwen2.5-VL: pixels of the image sent; unfenced JSON is the format too.
+    pixel = parse_answer('[{"point_2d": [160, 120], "label": "a"}, {"point_2d": [320, 0]}]', "points_json", 320,
+                         240, "pixel")
+    assert pixel.status == "ok" and pixel.points == [(0.5, 0.5, None), (1.0, 0.0, None)] and pixel.labels == ["a", None]
+
+
+@pytest.mark.parametrize("text, points, repair", [
+    ('Here you go: [{"point_2d": [100, 200]}, {"point_2d": [300, 400]}] Done.', [(0.1, 0.2, None), (0.3, 0.4, None)],
+     "text around the JSON ignored"),
+    ('```json\n[{"point_2d": [100, 200], "label": "a"}, {"point_2d": [300, 400], "label": "b"}, {"point_2d": [5',
+     [(0.1, 0.2, None), (0.3, 0.4, None)], "invalid JSON (cut off?); points read one by one"),
+    ('[{"point_2d": [100, 200]}, {"bbox_2d": [1, 2, 3, 4]}]', [(0.1, 0.2, None)], "entries without point_2d ignored"),
+    ('[[100, 200], [300, 400]]', [(0.1, 0.2, None), (0.3, 0.4, None)], "bare [x, y] entries read as points"),
+])
+def test_qwen_answers_that_break_are_repaired_and_named(text, points, repair):
+    p = parse_points_json(text, (1000.0, 1000.0))
+    assert p.status == "repaired" and p.points == points and repair in p.repairs
+
+
+def test_points_outside_the_image_are_counted_for_the_coordinate_warning():
+    # A Qwen3-VL answer (0-1000) read as pixels of a 320x240 frame: most points fall outside.
+    p = parse_points_json(QWEN3, (320.0, 240.0))
+    assert p.answered == 2 and p.out_of_range == 2
+    assert parse_points_json("I cannot see a robot.", (1000.0, 1000.0)).reason == "no point_2d points in answer"
+    h = parse_hamster("<ans>[(0.1, 0.2), (1.2, 0.5), (0.3, 3.0)]</ans>")
+    assert (h.answered, h.out_of_range, len(h.points)) == (3, 2, 2)  # 1.2 clipped, 3.0 dropped
+
+
+def test_smart_resize_is_qwen25_processors_resize():
+    from maniflow.paths.store import smart_resize
+
+    assert smart_resize(320, 240) == (308, 252)  # sides rounded to multiples of 28
+    assert smart_resize(1920, 1080) == (1932, 1092)
+    w, h = smart_resize(8000, 6000)  # above 16384 x 28 x 28 pixels: scaled down, multiples of 28 kept
+    assert w * h <= 16384 * 28 * 28 and w % 28 == h % 28 == 0 and abs(w / h - 4 / 3) < 0.02
+    assert smart_resize(20, 20) == (56, 56)  # below 56 x 56 pixels: scaled up

@@ -116,14 +116,18 @@ def test_the_prefect_ui_form_shows_every_option_with_its_help():
         shown = schema[cls.__name__]["properties"]
         assert set(shown) == set(fields(cls)), cls.__name__
         assert all(p.get("description") for p in shown.values()), cls.__name__
-    assert schema["ProviderConfig"]["properties"]["coords"]["default"] == "unit"
+    coords = schema["ProviderConfig"]["properties"]["coords"]
+    assert coords["default"] is None and "qwen has no default: declare it" in coords["description"]
 
 
 def test_configs_refuse_unknown_keys_and_bad_values_with_the_field_name():
     with pytest.raises(ValueError, match="endpiont\n  Unexpected keyword argument"):
         ClientConfig(endpiont=("http://x",))
-    with pytest.raises(ValueError, match="provider 'qwen': choose from"):
+    with pytest.raises(ValueError, match="provider 'gpt4v': choose from"):
+        ProviderConfig(kind="gpt4v")
+    with pytest.raises(ValueError, match="provider qwen answers in a convention of the model's: declare coords"):
         ProviderConfig(kind="qwen")
+    assert ProviderConfig(kind="hamster").coords == "unit"  # the provider's own convention
     with pytest.raises(ValueError, match="condition 'rgb'"):
         Cell(condition="rgb")
     assert ClientConfig(endpoints="http://h:1-3").endpoints == ("http://h:1", "http://h:2", "http://h:3")

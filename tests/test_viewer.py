@@ -19,6 +19,7 @@ from conftest import free_port, wait_until_up
 from maniflow.frames import FramesStore, extract_task
 from maniflow.overlay import render_views
 from maniflow.paths.label import ProviderConfig, label_paths
+from maniflow.paths.quality import episode_errors
 from maniflow.paths.store import PathStore
 from maniflow.workspace import Cell, Workspace
 
@@ -34,7 +35,7 @@ def viewed(task_copy, tmp_path):
     (root / "click_bell/demo_randomized/data/episode2.hdf5").write_bytes(b"not an HDF5 file")
     work = tmp_path / "work"
     extract_task(root, work, ENV, "demo_randomized", TASK)
-    label_paths(work, ENV, TASK, ProviderConfig(kind="oracle", label="hamster"))
+    label_paths(work, ENV, TASK, ProviderConfig(kind="oracle", label="hamster", every=2))  # odd frames not asked
     # A run as training leaves it (config, per-epoch metrics, curve) and as the train task records it.
     cell = Cell(env=ENV, condition="overlay_current", task=TASK, seed=3, preset="demo")
     run = Workspace(work).run(cell)
@@ -93,6 +94,15 @@ def test_scrub_an_episode_and_see_the_stored_pixels(viewed, page):
     info = page.inner_text("#frame-info")
     record = paths.record["frames"][3]
     assert f"outcome: {record['status']}" in info and f"path from frame: {record['from']}" in info
+    assert record["status"] == "skipped" and "(not asked: the nearest asked frame's)" in info
+    # A frame not asked while the arm moves draws a neighbour's path: measurably off the oracle.
+    errors = episode_errors(frames, 1, paths)
+    t, error = next((t, e) for t, e in enumerate(errors) if t % 2 and (e.get("start_px") or 0) > 0.5)
+    page.fill("#slider", str(t))
+    info = page.inner_text("#frame-info")
+    js = {k: f"{v:g}" for k, v in error.items()}  # numbers as JavaScript prints them
+    assert (f"error against the oracle: start {js['start_px']} px, end {js['end_px']} px, "
+            f"Fréchet {js['frechet_px']} px, gripper agrees {round(100 * error['gripper'])}%") in info
     page.fill("#slider", "0")  # the slider scrubs too
     assert page.inner_text("#frame-index") == "0"
     run = page.locator("#run-cluttered_overlay_current_click_bell_demo_seed3")

@@ -6,10 +6,12 @@ simply takes fewer jobs and never holds the others back. A failed request (conne
 error, timeout, HTTP 5xx/429, unreadable reply) goes back on the queue for any endpoint, and
 the failing endpoint backs off exponentially. After `eject_after` consecutive failures it
 leaves the rotation and gets one probe request after `probe_after_s`, then at doubling
-intervals while probes fail. Other HTTP 4xx answers mean the endpoint is misconfigured
-(wrong URL, model or key): it leaves for good. When no endpoint is usable for
-`give_up_after_s`, the run stops with `NoEndpointAvailable`, naming each endpoint's last
-error. A job that fails `max_attempts` times ends with an error outcome; the run goes on.
+intervals while probes fail. Other HTTP 4xx answers (422: a request the server cannot read),
+and HAMSTER's HTTP 500 for a model name it was not started with, mean the endpoint is
+misconfigured (wrong URL, model or key): it leaves for good, and when every endpoint has left
+the run stops at once with `RequestsRejected`, naming each endpoint's answer. When no endpoint
+is usable for `give_up_after_s`, the run stops with `NoEndpointAvailable`, naming each
+endpoint's last error. A job that fails `max_attempts` times ends with an error outcome; the run goes on.
 
 Jobs come from a plain iterator advanced in a thread, so reading frames and encoding JPEGs
 overlap with the network, and only a bounded number of encoded requests exist at once.
@@ -110,6 +112,16 @@ class Answer:
 
 class NoEndpointAvailable(RuntimeError):
     """Every endpoint failed for longer than the configured patience."""
+
+
+class RequestsRejected(NoEndpointAvailable):
+    """Every endpoint rejected the requests (wrong model name, URL, key or request): asking
+    again changes nothing until the configuration does."""
+
+
+# A VILA server (HAMSTER, PEEK) answers a model name it was not started with by HTTP 500 with
+# this message (its server.py raises ValueError and returns every exception as 500).
+MODEL_MISMATCH = "The endpoint is configured to use the model"
 
 
 class _Transient(Exception):
@@ -262,7 +274,7 @@ class PathClient:
         while True:
             await asyncio.sleep(0.1)
             if all(ep.dead for ep in self.endpoints):
-                raise NoEndpointAvailable(self._why("every endpoint rejected the requests"))
+                raise RequestsRejected(self._why("every endpoint rejected the requests"))
             if all(ep.dead or ep.ejected for ep in self.endpoints):
                 down_since = down_since or time.monotonic()
                 if time.monotonic() - max(down_since, self._last_progress) > cfg.give_up_after_s:
@@ -350,10 +362,13 @@ class PathClient:
             raise _Transient(f"timed out after {self.config.timeout_s:g} s") from None
         except httpx.TransportError as e:
             raise _Transient(f"{type(e).__name__}: {e}") from None
+        error = _error_text(response) if response.status_code >= 400 else ""
+        if response.status_code == 500 and error.startswith(MODEL_MISMATCH):
+            raise _Misconfigured(f"POST {url} -> HTTP 500: {error}")
         if response.status_code >= 500 or response.status_code in (408, 429):
-            raise _Transient(f"HTTP {response.status_code}: {_error_text(response)}")
+            raise _Transient(f"HTTP {response.status_code}: {error}")
         if response.status_code >= 400:
-            raise _Misconfigured(f"POST {url} -> HTTP {response.status_code}: {_error_text(response)}"
+            raise _Misconfigured(f"POST {url} -> HTTP {response.status_code}: {error}"
                                  + (" (OpenAI-compatible servers need the /v1 prefix in the endpoint)"
                                     if response.status_code == 404 else ""))
         try:

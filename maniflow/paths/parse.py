@@ -1,4 +1,5 @@
-"""Tolerant parsing of HAMSTER and PEEK answers, without eval.
+"""Tolerant parsing of path answers, without eval: HAMSTER's tuples, PEEK's labelled answers and
+JSON point lists as Qwen2.5-VL / Qwen3-VL write them (REFERENCE section 8).
 
 An answer is tokenised with regular expressions into points, gripper tags and ellipses; what a
 real model gets wrong (REFERENCE section 2) is repaired and named, what cannot be repaired fails
@@ -10,10 +11,14 @@ with a reason:
                point dropped when far outside); stray text inside the answer (ignored);
                PEEK answer without the TRAJECTORY label (first <ans> used)
     failed     empty answer; no points anywhere
+
+Every parse counts the answer's points and those outside the image under the declared
+coordinates, so a run whose model answers in another convention is told loudly (label.py).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -36,6 +41,10 @@ _ANS_OPEN = re.compile(r"<ans>", re.IGNORECASE)
 _ANS_CLOSE = re.compile(r"</ans>", re.IGNORECASE)
 _TRAJECTORY = re.compile(r"TRAJECTORY\s*:?\s*<ans>", re.IGNORECASE)
 _FILLER = re.compile(r"[\s,\[\]]+")
+_MASK = re.compile(r"MASK\s*:?\s*<ans>(.*?)(?:</ans>|$)", re.IGNORECASE | re.DOTALL)
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.IGNORECASE | re.DOTALL)
+_POINT_2D = re.compile(rf'"point_2d"\s*:\s*\[\s*({_NUM})\s*,\s*({_NUM})\s*\]'
+                       r'(?:\s*,\s*"label"\s*:\s*"((?:[^"\\]|\\.)*)")?')
 
 
 @dataclass
@@ -44,6 +53,19 @@ class ParsedPath:
     points: list[Point] = field(default_factory=list)
     repairs: list[str] = field(default_factory=list)
     reason: str | None = None  # why it failed
+    answered: int = 0  # points in the answer
+    out_of_range: int = 0  # of those, outside the image under the declared coordinates
+    labels: list | None = None  # JSON point lists: each kept point's label
+    mask: list | None = None  # PEEK: the MASK points (x, y), kept, not drawn
+
+    def extras(self) -> dict:
+        """What the path store keeps besides the path: counts, and labels or mask when given."""
+        out = {"points": self.answered, "out_of_range": self.out_of_range}
+        if self.labels is not None:
+            out["labels"] = self.labels
+        if self.mask is not None:
+            out["mask"] = [[round(x, 5), round(y, 5)] for x, y in self.mask]
+        return out
 
 
 def parse_hamster(text: str, scale: tuple[float, float] = (1.0, 1.0)) -> ParsedPath:
@@ -57,8 +79,69 @@ def parse_hamster(text: str, scale: tuple[float, float] = (1.0, 1.0)) -> ParsedP
 
 def parse_peek(text: str, scale: tuple[float, float] = (1.0, 1.0)) -> ParsedPath:
     """`TRAJECTORY: <ans>[...]</ans> MASK: <ans>[...]</ans>` -> trajectory points, no gripper
-    states, in coordinates of the image sent (the square crop; see `protocol.crop_to_frame`)."""
-    return _parse(text, gripper=False, scale=scale)
+    states, and the mask points, in coordinates of the image sent (the square crop; see
+    `protocol.crop_to_frame`)."""
+    parsed = _parse(text, gripper=False, scale=scale)
+    m = _MASK.search(text or "")
+    if m:
+        mask = [[float(t["x"]) / scale[0], float(t["y"]) / scale[1], None] for t in _TOKEN.finditer(m.group(1))
+                if t["point"]]
+        parsed.mask = [(x, y) for x, y, _ in _fit_range(mask, [])[0]]
+    return parsed
+
+
+def parse_points_json(text: str, scale: tuple[float, float] = (1.0, 1.0)) -> ParsedPath:
+    """`[{"point_2d": [x, y], "label": "..."}, ...]`, bare or in a ```json fence -> points in
+    order, no gripper states (the format has none), each point's label kept.
+
+    Repaired: text around the JSON; entries without `point_2d` (skipped); bare [x, y] entries;
+    invalid or cut-off JSON (points read one by one)."""
+    if not text or not text.strip():
+        return ParsedPath(FAILED, reason="empty answer")
+    repairs: list[str] = []
+    fence = _FENCE.search(text)
+    body = (fence.group(1) if fence else text).strip()
+    data = _json(body)
+    if data is None and "[" in body:
+        data = _json(body[body.index("["):body.rindex("]") + 1] if "]" in body else "")
+        if data is not None:
+            _note(repairs, "text around the JSON ignored")
+    points: list[list] = []
+    labels: list = []
+    if isinstance(data, dict):
+        data = [data]
+    if isinstance(data, list):
+        for item in data:
+            xy = item.get("point_2d", item.get("point")) if isinstance(item, dict) else item
+            if isinstance(item, list):
+                _note(repairs, "bare [x, y] entries read as points")
+            if isinstance(xy, list) and len(xy) == 2 and all(isinstance(v, (int, float)) for v in xy):
+                points.append([xy[0] / scale[0], xy[1] / scale[1], None])
+                labels.append(item.get("label") if isinstance(item, dict) else None)
+            else:
+                _note(repairs, "entries without point_2d ignored")
+    else:
+        for m in _POINT_2D.finditer(body):
+            points.append([float(m[1]) / scale[0], float(m[2]) / scale[1], None])
+            labels.append(json.loads(f'"{m[3]}"') if m[3] is not None else None)
+        if points:
+            _note(repairs, "invalid JSON (cut off?); points read one by one")
+    if not points:
+        return ParsedPath(FAILED, repairs=repairs, reason="no point_2d points in answer")
+    kept, out_of_range = _fit_range(points, repairs)
+    keep = [i for i, p in enumerate(points) if _kept(p)]
+    if not kept:
+        return ParsedPath(FAILED, repairs=repairs, reason="every point outside the image",
+                          answered=len(points), out_of_range=out_of_range)
+    return ParsedPath(REPAIRED if repairs else OK, [tuple(p) for p in kept], repairs, answered=len(points),
+                      out_of_range=out_of_range, labels=[labels[i] for i in keep])
+
+
+def _json(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def _parse(text: str, gripper: bool, scale: tuple[float, float]) -> ParsedPath:
@@ -100,10 +183,13 @@ def _parse(text: str, gripper: bool, scale: tuple[float, float]) -> ParsedPath:
     if _FILLER.sub("", "".join(leftover)):
         _note(repairs, "stray text inside the answer ignored")
 
-    points = _fit_range(points, repairs)
+    answered = len(points)
+    points, out_of_range = _fit_range(points, repairs)
     if not points:
-        return ParsedPath(FAILED, repairs=repairs, reason="no points in answer")
-    return ParsedPath(REPAIRED if repairs else OK, [tuple(p) for p in points], repairs)
+        return ParsedPath(FAILED, repairs=repairs, reason="no points in answer", answered=answered,
+                          out_of_range=out_of_range)
+    return ParsedPath(REPAIRED if repairs else OK, [tuple(p) for p in points], repairs, answered=answered,
+                      out_of_range=out_of_range)
 
 
 def _answer_region(text: str, peek: bool, repairs: list[str]) -> str | None:
@@ -130,11 +216,17 @@ def _answer_region(text: str, peek: bool, repairs: list[str]) -> str | None:
     return text[start:end.start()]
 
 
-def _fit_range(points: list[list], repairs: list[str]) -> list[list]:
+def _kept(p: list) -> bool:
+    return -FAR_OUTSIDE <= min(p[0], p[1]) and max(p[0], p[1]) <= 1 + FAR_OUTSIDE
+
+
+def _fit_range(points: list[list], repairs: list[str]) -> tuple[list[list], int]:
+    """Points clipped to [0, 1] (those far outside dropped), and how many were outside."""
     kept, dropped, clipped = [], 0, False
+    outside = sum(1 for p in points if min(p[0], p[1]) < 0 or max(p[0], p[1]) > 1)
     for p in points:
         x, y = p[0], p[1]
-        if min(x, y) < -FAR_OUTSIDE or max(x, y) > 1 + FAR_OUTSIDE:
+        if not _kept(p):
             dropped += 1
             continue
         cx, cy = min(max(x, 0.0), 1.0), min(max(y, 0.0), 1.0)
@@ -144,7 +236,7 @@ def _fit_range(points: list[list], repairs: list[str]) -> list[list]:
         _note(repairs, "coordinates outside [0, 1] clipped")
     if dropped:
         _note(repairs, "points far outside [0, 1] dropped")
-    return kept
+    return kept, outside
 
 
 def _note(repairs: list[str], what: str) -> None:

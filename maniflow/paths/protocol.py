@@ -2,7 +2,10 @@
 
     hamster  POST {base}/chat/completions      reply content: a list of parts
     peek     same server protocol, PEEK prompt, frame centre-cropped and resized to 384x384
-    openai   POST {base}/chat/completions      with base ending in /v1 (vLLM etc.); string content
+    openai   POST {base}/chat/completions      with base ending in /v1 (vLLM etc.); string content;
+                                               HAMSTER's prompt and answer format
+    qwen     as openai, asking for a JSON point list (Qwen2.5-VL / Qwen3-VL); coordinates in
+             0-1000 (Qwen3-VL) or pixels (Qwen2.5-VL), declared by the user, never guessed
 
 Everything here is pure: request bodies, reply text extraction and coordinate mapping, shared
 by the client and by the loopback server (`maniflow serve-paths`), so both speak one protocol.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from dataclasses import dataclass
 
 import cv2
@@ -44,6 +48,15 @@ PEEK_PROMPT = (
     "locations of the points in the image.\n"
 )
 
+# Qwen-VL models are trained to point with JSON lists (REFERENCE section 8). The <quest> tags
+# mark the instruction as in the other prompts; the model reads them as plain text.
+QWEN_PROMPT = (
+    "The robot must do this: <quest>{quest}</quest>.\n"
+    "Point to the positions the robot gripper's end effector passes through to do it, in order, from "
+    "where it is now to where it finishes: at most 10 points.\n"
+    'Answer with JSON only: [{"point_2d": [x, y], "label": "short description"}, ...]'
+)
+
 PEEK_SIZE = 384
 OPEN, CLOSE = "<action>Open Gripper</action>", "<action>Close Gripper</action>"
 
@@ -53,19 +66,22 @@ class Wire:
     """How one provider kind talks: prompt, answer format and what is done to the frame."""
 
     kind: str
-    prompt: str
-    answer_format: str  # "hamster" or "peek"
+    prompt: str  # the default template; `{quest}` is replaced by the instruction
+    answer_format: str  # hamster, peek or points_json (maniflow.paths.store.ANSWER_FORMATS)
     crop: bool  # centre-crop to a square and resize to PEEK_SIZE before sending
+    vila: bool  # a VILA server: sends its extra sampling keys (strict OpenAI servers may reject them)
+    coords: str | None  # the convention its answers are in; None: the user must declare it
 
-    @property
-    def prompt_sha(self) -> str:
-        return hashlib.sha256(self.prompt.encode()).hexdigest()[:12]
+
+def prompt_sha(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode()).hexdigest()[:12]
 
 
 WIRES = {
-    "hamster": Wire("hamster", HAMSTER_PROMPT, "hamster", crop=False),
-    "peek": Wire("peek", PEEK_PROMPT, "peek", crop=True),
-    "openai": Wire("openai", HAMSTER_PROMPT, "hamster", crop=False),
+    "hamster": Wire("hamster", HAMSTER_PROMPT, "hamster", crop=False, vila=True, coords="unit"),
+    "peek": Wire("peek", PEEK_PROMPT, "peek", crop=True, vila=True, coords="unit"),
+    "openai": Wire("openai", HAMSTER_PROMPT, "hamster", crop=False, vila=False, coords="unit"),
+    "qwen": Wire("qwen", QWEN_PROMPT, "points_json", crop=False, vila=False, coords=None),
 }
 
 
@@ -120,19 +136,21 @@ def decode_data_url(url: str) -> np.ndarray:
     return bgr[..., ::-1]
 
 
-def request_body(image_url: str, instruction: str, wire: Wire, model: str, max_tokens: int) -> dict:
-    """Chat-completions body with greedy decoding, as the HAMSTER client sends it."""
+def request_body(image_url: str, instruction: str, wire: Wire, model: str, max_tokens: int,
+                 prompt: str | None = None) -> dict:
+    """Chat-completions body with greedy decoding, as the HAMSTER client sends it. `prompt`: a
+    template replacing the wire's (its `{quest}` becomes the instruction; other braces stay)."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": image_url}},
-            {"type": "text", "text": wire.prompt.format(quest=instruction)},
+            {"type": "text", "text": (prompt or wire.prompt).replace("{quest}", instruction)},
         ]}],
         "max_tokens": max_tokens,
         "temperature": 0.0,
         "top_p": 1.0,
     }
-    if wire.kind != "openai":  # VILA server extras; strict OpenAI servers may reject unknown keys
+    if wire.vila:
         body.update(num_beams=1, use_cache=True)
     return body
 
@@ -166,6 +184,15 @@ def format_hamster_answer(points: list[Point], digits: int = 4) -> str:
             items.append(OPEN if g else CLOSE)
             state = g
     return "<ans>[" + ", ".join(items) + "]</ans>"
+
+
+def format_points_json(points: list[Point], scale: tuple[float, float] = (1000.0, 1000.0), fence: bool = True) -> str:
+    """A path as a Qwen-VL JSON point list in `scale` units (the inverse of
+    `parse.parse_points_json`), inside a ```json fence as those models usually answer."""
+    items = [{"point_2d": [round(x * scale[0]), round(y * scale[1])], "label": f"waypoint {i + 1}"}
+             for i, (x, y, _) in enumerate(points)]
+    text = json.dumps(items)
+    return f"```json\n{text}\n```" if fence else text
 
 
 def format_peek_answer(points: list[Point], digits: int = 4) -> str:

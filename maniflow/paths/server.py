@@ -6,12 +6,18 @@ the oracle, with injectable faults. It stands in for a 13B model that cannot run
     GET  /health, GET /stats    liveness; request and fault counters (not part of the protocol)
 
 The question decides the answer format: the PEEK prompt gets a PEEK answer relative to the
-384x384 centre crop it was sent, any other prompt a HAMSTER answer. The server knows nothing
+384x384 centre crop it was sent, a prompt asking for "point_2d" a Qwen-VL JSON point list (in
+0-1000 as Qwen3-VL, or with `json_coords` pixels of the image or of Qwen2.5-VL's resized
+image), any other prompt a HAMSTER answer. The server knows nothing
 but the image and the prompt, like a real model: it finds the frame by matching a thumbnail of
 the image against the frames stores under `--work` whose episodes have that instruction, and
-answers with the oracle path of that frame. Like a HAMSTER server it answers one request at a
-time per port, accepts only the configured model names (when given) and cuts answers off at
-`max_tokens` (counted roughly like a LLaMA tokenizer: one token per digit or symbol).
+answers with the oracle path of that frame, optionally perturbed by a known amount (`shift`,
+`flip_gripper`: what `maniflow path-quality` must measure back). Like a HAMSTER server it
+answers one request at a time per port (`batch` > 1: that many at once, as a batching vLLM or
+SGLang server), answers a model name it was not started with (when given) by HTTP 500 with
+HAMSTER's message, an image it cannot decode by HTTP 500, a request it cannot read by HTTP
+422 (FastAPI's validation error), and cuts answers off at `max_tokens` (default 512, as
+HAMSTER's; counted roughly like a LLaMA tokenizer: one token per digit or symbol).
 """
 
 from __future__ import annotations
@@ -42,10 +48,11 @@ from maniflow.paths.protocol import (
     decode_data_url,
     format_hamster_answer,
     format_peek_answer,
+    format_points_json,
     frame_to_crop,
 )
 from maniflow.paths.providers.oracle import store_oracle_paths
-from maniflow.paths.store import fallback_sources
+from maniflow.paths.store import fallback_sources, smart_resize
 from maniflow.workspace import Workspace
 
 log = logging.getLogger("maniflow.paths.server")
@@ -67,7 +74,15 @@ class Faults:
     hang_s: float = 30.0
     malformed_rate: float = 0.0  # answer broken in one of MALFORMED_KINDS
     outage_after: int | None = None  # after this many answers, every request gets 503 (a server gone down)
+    shift: tuple[float, float] = (0.0, 0.0)  # every answer point moved by this much (fraction of the image)
+    flip_gripper: bool = False  # every gripper state inverted
     seed: int = 0
+
+    def perturb(self, path: list) -> list:
+        """The oracle path as this server's model answers it (clipped to the image)."""
+        dx, dy = self.shift
+        return [(min(max(x + dx, 0.0), 1.0), min(max(y + dy, 0.0), 1.0), (1 - g) if self.flip_gripper else g)
+                for x, y, g in path]
 
 
 @dataclass
@@ -133,7 +148,8 @@ class OracleIndex:
             log.info("loaded %s: %d frames", task.store, len(paths))
             return task
 
-    def answer(self, rgb: np.ndarray, instruction: str, peek: bool) -> str:
+    def answer(self, rgb: np.ndarray, instruction: str, peek: bool) -> tuple[list, tuple[int, int]]:
+        """The oracle path of the frame the image shows, and that frame's (width, height)."""
         candidates = self.by_instruction.get(instruction.strip()) or self.tasks
         if not candidates:
             raise LookupError("no frames stores to answer from")
@@ -149,11 +165,18 @@ class OracleIndex:
             if best is None or d_fine.min() < best[0]:
                 best = (int(d_fine.min()), task, row)
         _, task, row = best
-        path = task.paths[row]
-        if peek:
-            crop = frame_to_crop(path, *task.size)
-            return format_peek_answer([(min(max(x, 0), 1), min(max(y, 0), 1), None) for x, y, _ in crop])
-        return format_hamster_answer(path)
+        return task.paths[row], task.size
+
+
+def format_answer(path: list, kind: str, size: tuple[int, int], json_coords: str = "thousand") -> str:
+    """A path (of a size (w, h) frame) written as the model kind answers."""
+    if kind == "peek":
+        crop = frame_to_crop(path, *size)
+        return format_peek_answer([(min(max(x, 0), 1), min(max(y, 0), 1), None) for x, y, _ in crop])
+    if kind == "points_json":
+        scale = {"thousand": (1000.0, 1000.0), "pixel": size, "smart_resize": smart_resize(*size)}[json_coords]
+        return format_points_json(path, scale)
+    return format_hamster_answer(path)
 
 
 def _as_sent(frame: np.ndarray, crop: bool) -> np.ndarray:
@@ -200,22 +223,23 @@ def malform(text: str, kind: str, rng: random.Random) -> str:
 
 class _State:
     def __init__(self, index: OracleIndex, faults: Faults, models: tuple[str, ...], port_seed: int,
-                 api_key: str | None):
+                 api_key: str | None, batch: int, json_coords: str):
         self.index = index
         self.api_key = api_key
         self.faults = faults
         self.models = models
+        self.json_coords = json_coords
         self.rng = random.Random(port_seed)
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Semaphore(batch)
         self.counts = {"requests": 0, "answered": 0, "errors": 0, "hangs": 0, "malformed": 0,
                        "truncated": 0, "rejected": 0, "max_in_flight": 0}
         self.in_flight = 0
 
 
 def make_app(index: OracleIndex, faults: Faults = Faults(), models: tuple[str, ...] = (), port_seed: int = 0,
-             api_key: str | None = None):
+             api_key: str | None = None, batch: int = 1, json_coords: str = "thousand"):
     app = FastAPI(title="maniflow loopback path server")
-    state = _State(index, faults, models, port_seed, api_key)
+    state = _State(index, faults, models, port_seed, api_key, batch, json_coords)
 
     async def completions(request: Request, string_content: bool):
         """Count concurrent requests (a client must not send more than the server handles)."""
@@ -235,11 +259,13 @@ def make_app(index: OracleIndex, faults: Faults = Faults(), models: tuple[str, .
         arrived = time.monotonic()
         try:
             body = json.loads(await request.body())
-        except ValueError:
+            question = _question(body)
+        except ValueError as e:  # FastAPI's answer to a body its request model cannot read
             counts["rejected"] += 1
-            return JSONResponse({"error": "request body is not JSON"}, status_code=400)
+            return JSONResponse({"detail": [{"type": "value_error", "loc": ["body"], "msg": str(e)}]},
+                                status_code=422)
         reading = time.monotonic() - arrived
-        async with state.lock:  # one request at a time, as a HAMSTER server
+        async with state.lock:  # `batch` requests at a time (1: a HAMSTER server)
             start = time.monotonic() - reading  # the latency budget covers reading the request
             f = state.faults
             draw = state.rng.random()
@@ -247,8 +273,9 @@ def make_app(index: OracleIndex, faults: Faults = Faults(), models: tuple[str, .
             model = body.get("model")
             if state.models and model not in state.models:
                 counts["rejected"] += 1
-                return JSONResponse({"error": f"model {model!r} is not served here; use one of "
-                                     f"{list(state.models)}"}, status_code=500)
+                return JSONResponse({"error": f"The endpoint is configured to use the model "
+                                     f"{' or '.join(state.models)}, but the request model is {model}"},
+                                    status_code=500)
             if f.outage_after is not None and counts["answered"] >= f.outage_after:
                 counts["errors"] += 1
                 return JSONResponse({"error": "injected outage"}, status_code=503)
@@ -260,14 +287,14 @@ def make_app(index: OracleIndex, faults: Faults = Faults(), models: tuple[str, .
                 counts["hangs"] += 1
                 await asyncio.sleep(f.hang_s)
             try:
-                text = await asyncio.to_thread(_answer, state.index, body)
-            except (ValueError, LookupError) as e:
+                text = await asyncio.to_thread(_answer, state, *question)
+            except (ValueError, LookupError) as e:  # HAMSTER returns every exception as 500
                 counts["rejected"] += 1
-                return JSONResponse({"error": str(e)}, status_code=400)
+                return JSONResponse({"error": str(e)}, status_code=500)
             if draw < f.error_rate + f.timeout_rate + f.malformed_rate:
                 counts["malformed"] += 1
                 text = malform(text, state.rng.choice(MALFORMED_KINDS), state.rng)
-            text, cut = truncate_tokens(text, int(body.get("max_tokens") or 16))
+            text, cut = truncate_tokens(text, int(body.get("max_tokens") or 512))
             counts["truncated"] += cut
             await asyncio.sleep(max(0.0, latency - (time.monotonic() - start)))
             counts["answered"] += 1
@@ -295,16 +322,25 @@ def make_app(index: OracleIndex, faults: Faults = Faults(), models: tuple[str, .
     return app
 
 
-def _answer(index: OracleIndex, body: dict) -> str:
+def _question(body) -> tuple[str, str]:
+    """(image URL, prompt) of a chat-completions body; ValueError when it has not that shape."""
     try:
+        if not isinstance(body.get("model"), str):
+            raise KeyError("model")
         content = body["messages"][-1]["content"]
         image = next(p["image_url"]["url"] for p in content if p.get("type") == "image_url")
         prompt = next(p["text"] for p in content if p.get("type") == "text")
-    except (KeyError, IndexError, TypeError, StopIteration):
-        raise ValueError("expected one user message with an image_url part and a text part") from None
+    except (KeyError, IndexError, TypeError, AttributeError, StopIteration):
+        raise ValueError("expected a model name and one user message with an image_url part and a text part") \
+            from None
+    return image, prompt
+
+
+def _answer(state: _State, image: str, prompt: str) -> str:
     quest = _QUEST.search(prompt)
-    peek = "TRAJECTORY:" in prompt
-    return index.answer(decode_data_url(image), quest.group(1) if quest else "", peek)
+    kind = "peek" if "TRAJECTORY:" in prompt else "points_json" if "point_2d" in prompt else "hamster"
+    path, size = state.index.answer(decode_data_url(image), quest.group(1) if quest else "", kind == "peek")
+    return format_answer(state.faults.perturb(path), kind, size, state.json_coords)
 
 
 class _Server(uvicorn.Server):
@@ -316,10 +352,11 @@ class _Server(uvicorn.Server):
 
 
 def serve_paths(work, ports: list[int], host: str = "127.0.0.1", faults: Faults = Faults(),
-                models: tuple[str, ...] = (), ready_file: Path | None = None, api_key: str | None = None) -> None:
+                models: tuple[str, ...] = (), ready_file: Path | None = None, api_key: str | None = None,
+                batch: int = 1, json_coords: str = "thousand") -> None:
     """Serve on every port (0 = any free port) until SIGINT/SIGTERM. Writes the base URLs to
     `ready_file` (JSON) once listening. With `api_key`, requests need `Authorization: Bearer <key>`
-    (as vLLM's --api-key)."""
+    (as vLLM's --api-key). `batch`: requests answered at once per port."""
     index = OracleIndex(work)
     if not index.tasks:
         raise FileNotFoundError(f"no complete frames stores under {Path(work) / 'frames'}; run maniflow extract")
@@ -332,7 +369,8 @@ def serve_paths(work, ports: list[int], host: str = "127.0.0.1", faults: Faults 
         sock.bind((host, port))
         sockets.append(sock)
     urls = [f"http://{host}:{s.getsockname()[1]}" for s in sockets]
-    servers = [_Server(uvicorn.Config(make_app(index, faults, models, faults.seed * 1000 + i, api_key),
+    servers = [_Server(uvicorn.Config(make_app(index, faults, models, faults.seed * 1000 + i, api_key, batch,
+                                               json_coords),
                                       log_level="warning", access_log=False, timeout_keep_alive=60))
                for i in range(len(sockets))]
 

@@ -9,7 +9,8 @@
 An answer is kept as the raw text; the finished file holds, per frame, its outcome (`ok`,
 `repaired` with what was repaired, `failed` with why, or `error` when no answer came), the
 path to use, and `from`, the frame whose path it is (the frame itself, or the fallback's
-source). Re-finishing from the stored raw answers (another fallback, a better parser) never
+source). With every-Nth asking (`every`), frames not asked are `skipped` and take the nearest
+asked frame's path. Re-finishing from the stored raw answers (another fallback, a better parser) never
 queries again. The journal's last line may be cut off by a kill; it is ignored, and only
 complete lines count as answered. Answers whose source episode changed (frames store
 fingerprint) are discarded. A path that cannot be drawn as a path is never `ok`: one whose
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -29,16 +31,17 @@ from pathlib import Path
 import numpy as np
 
 from maniflow.geometry import Point, frame_pixels
-from maniflow.paths.parse import FAILED, OK, REPAIRED, ParsedPath, parse_hamster, parse_peek
+from maniflow.paths.parse import FAILED, OK, REPAIRED, ParsedPath, parse_hamster, parse_peek, parse_points_json
 from maniflow.paths.protocol import PEEK_SIZE, crop_to_frame
 from maniflow.storage import code_version, temp_sibling, write_json
 
 log = logging.getLogger("maniflow.paths")
 
 FORMAT = "maniflow.paths"
-FORMAT_VERSION = 2  # 2: degenerate paths fail; one row per frames-store row (frames format 2)
+FORMAT_VERSION = 3  # 3: every-Nth asking (skipped frames); 2: degenerate paths fail, one row per frames-store row
 ERROR = "error"  # no answer was received (transport failure after all retries)
-STATUSES = (OK, REPAIRED, FAILED, ERROR)
+SKIPPED = "skipped"  # not asked (every-Nth asking): drawn with the nearest asked frame's path
+STATUSES = (OK, REPAIRED, FAILED, ERROR, SKIPPED)
 FALLBACKS = ("nearest", "previous", "none")
 ONE_PIXEL = "degenerate: every point in one pixel"  # drawn, such a path is a lone marker
 
@@ -47,21 +50,41 @@ class ProviderMismatch(ValueError):
     """The store holds answers of a different provider configuration."""
 
 
-COORDS = ("unit", "thousand", "pixel")
+COORDS = ("unit", "thousand", "pixel", "smart_resize")
+ANSWER_FORMATS = {"hamster": parse_hamster, "peek": parse_peek, "points_json": parse_points_json}
 
 
 def parse_answer(text: str, answer_format: str, width: int, height: int, coords: str = "unit") -> ParsedPath:
     """Raw answer -> path in full-frame coordinates (PEEK answers are relative to the crop).
 
-    `coords` is the answers' convention: unit (0-1, as HAMSTER and PEEK are asked), thousand
-    (0-1000, as Qwen-VL models tend to answer) or pixel (of the image sent)."""
+    `answer_format`: hamster, peek or points_json (ANSWER_FORMATS). `coords` is the answers'
+    convention: unit (0-1, as HAMSTER and PEEK are asked), thousand (0-1000, Qwen3-VL), pixel (of
+    the image sent) or smart_resize (pixels of the image as Qwen2.5-VL's processor resizes it
+    before the model sees it, which is what that model's absolute coordinates refer to)."""
     sent = (PEEK_SIZE, PEEK_SIZE) if answer_format == "peek" else (width, height)
-    scale = {"unit": (1.0, 1.0), "thousand": (1000.0, 1000.0), "pixel": sent}[coords]
+    scale = {"unit": (1.0, 1.0), "thousand": (1000.0, 1000.0), "pixel": sent,
+             "smart_resize": smart_resize(*sent) if coords == "smart_resize" else None}[coords]
     if answer_format == "peek":
         parsed = parse_peek(text, scale)
         parsed.points = crop_to_frame(parsed.points, width, height)
+        if parsed.mask is not None:
+            parsed.mask = [p[:2] for p in crop_to_frame([(x, y, None) for x, y in parsed.mask], width, height)]
         return parsed
-    return parse_hamster(text, scale)
+    return ANSWER_FORMATS[answer_format](text, scale)
+
+
+def smart_resize(width: int, height: int, factor: int = 28, min_pixels: int = 56 * 56,
+                 max_pixels: int = 16384 * 28 * 28) -> tuple[int, int]:
+    """(width, height) Qwen2.5-VL's image processor resizes an image to (its defaults): each side
+    rounded to a multiple of `factor`, the area scaled into [min_pixels, max_pixels]. 320x240 -> 308x252."""
+    w, h = max(factor, round(width / factor) * factor), max(factor, round(height / factor) * factor)
+    if w * h > max_pixels:
+        beta = math.sqrt(width * height / max_pixels)
+        w, h = math.floor(width / beta / factor) * factor, math.floor(height / beta / factor) * factor
+    elif w * h < min_pixels:
+        beta = math.sqrt(min_pixels / (width * height))
+        w, h = math.ceil(width * beta / factor) * factor, math.ceil(height * beta / factor) * factor
+    return w, h
 
 
 def fallback_sources(usable: np.ndarray, mode: str) -> np.ndarray:
@@ -83,6 +106,18 @@ def fallback_sources(usable: np.ndarray, mode: str) -> np.ndarray:
     has_later = after < len(good)
     use_before = has_before & (~has_later | (frames - before <= later - frames))
     return np.where(usable, frames, np.where(use_before, before, later))
+
+
+def asked_frames(num_frames: int, every: int) -> np.ndarray:
+    """Which frames are asked with every-Nth asking: 0, N, 2N, ... (each episode's first always)."""
+    return np.arange(num_frames) % every == 0
+
+
+def draw_sources(usable: np.ndarray, asked: np.ndarray, fallback: str) -> np.ndarray:
+    """The frame whose path each frame draws (-1: none). An asked frame: itself when usable, else
+    by `fallback` among usable asked frames; a frame not asked: the nearest usable asked frame."""
+    usable = usable & asked
+    return np.where(asked, fallback_sources(usable, fallback), fallback_sources(usable, "nearest"))
 
 
 def in_one_pixel(xy: np.ndarray, width: int, height: int, valid: np.ndarray | None = None) -> np.ndarray:
@@ -168,7 +203,8 @@ class PathStore:
             if record["source_fingerprint"] != fingerprint:
                 log.info("%s: episode %d changed since its paths were made; asking again", self.dir, episode)
                 return {}
-            answers = {f["frame"]: _answer_fields(f) for f in record["frames"] if f["status"] != ERROR}
+            answers = {f["frame"]: _answer_fields(f) for f in record["frames"]
+                       if f.get("raw") is not None or f.get("failed")}
         journal = self.journal_file(episode)
         if journal.exists():
             lines = journal.read_text().split("\n")
@@ -181,46 +217,50 @@ class PathStore:
                     answers[entry["frame"]] = _answer_fields(entry)
         return answers
 
-    def is_finished(self, episode: int, fallback: str, coords: str, num_frames: int) -> bool:
+    def is_finished(self, episode: int, fallback: str, coords: str, num_frames: int, every: int = 1) -> bool:
         """The episode's file is written by this version, for `num_frames` frames, with this
-        fallback and coordinate convention, and no answers wait in a journal."""
+        fallback, coordinate convention and asking interval, and no answers wait in a journal."""
         final = self.episode_file(episode)
         if not final.exists() or self.journal_file(episode).exists():
             return False
         record = json.loads(final.read_text())
         return record.get("version") == FORMAT_VERSION and record["stats"]["frames"] == num_frames \
-            and record.get("fallback") == fallback and record.get("coords", "unit") == coords
+            and record.get("fallback") == fallback and record.get("coords", "unit") == coords \
+            and record.get("every", 1) == every
 
     def journal(self, episode: int, fingerprint) -> Journal:
         return Journal(self.journal_file(episode), fingerprint)
 
     def finish(self, episode: int, num_frames: int, answers: dict[int, dict], errors: dict[int, str],
                *, answer_format: str, width: int, height: int, fallback: str, meta: dict,
-               coords: str = "unit") -> dict:
-        """Parse every answer, apply the fallback and write the episode's file atomically.
+               coords: str = "unit", every: int = 1) -> dict:
+        """Parse every answer, apply the fallback (and the every-Nth fill) and write the episode's
+        file atomically. Answers of frames not asked are kept for a later, denser asking.
         Returns the episode's statistics."""
+        asked = asked_frames(num_frames, every)
         parsed: list[ParsedPath | None] = [None] * num_frames
         for t, a in answers.items():
             if 0 <= t < num_frames:
                 parsed[t] = ParsedPath(FAILED, reason=a["failed"]) if a.get("failed") else \
                     fail_degenerate(parse_answer(a["raw"], answer_format, width, height, coords), width, height)
         usable = np.array([p is not None and p.status != FAILED for p in parsed], bool)
-        source = fallback_sources(usable, fallback)
+        source = draw_sources(usable, asked, fallback)
         frames = []
         for t in range(num_frames):
             p = parsed[t]
             src = int(source[t])
-            entry = {"frame": t, "status": p.status if p else ERROR,
+            entry = {"frame": t, "status": SKIPPED if not asked[t] else p.status if p else ERROR,
                      "path": _rounded(parsed[src].points) if src >= 0 else [],
                      "from": src if src >= 0 else None}
             if p is not None:
-                entry.update(repairs=p.repairs, reason=p.reason, **answers[t])
+                entry.update(repairs=p.repairs, reason=p.reason, **p.extras(), **answers[t])
             else:
-                entry.update(reason=errors.get(t, "not asked"))
+                entry.update(reason=errors.get(t, "not asked") if asked[t] else None)
             frames.append(entry)
         stats = _episode_stats(frames)
         record = {"format": FORMAT, "version": FORMAT_VERSION, "episode": episode, **meta,
-                  "image_size": [width, height], "fallback": fallback, "coords": coords, "stats": stats,
+                  "image_size": [width, height], "fallback": fallback, "coords": coords, "every": every,
+                  "stats": stats,
                   "code_version": code_version()}
         _write_frames_json(self.episode_file(episode), record, frames)
         self.journal_file(episode).unlink(missing_ok=True)
@@ -296,15 +336,26 @@ def _rounded(points: list[Point]) -> list[list]:
     return [[round(x, 5), round(y, 5), g] for x, y, g in points]
 
 
+_COUNTS = ("frames", *STATUSES, "fallback_used", "without_path", "points", "points_out_of_range")
+
+
 def _episode_stats(frames: list[dict]) -> dict:
+    """Outcome counts; `parsed_share` is over the frames asked. `points_out_of_range`: answer
+    points outside the image under the declared coordinates (before clipping or dropping)."""
     status = Counter(f["status"] for f in frames)
     repairs = Counter(r for f in frames for r in f.get("repairs") or ())
     reasons = Counter(f["reason"] for f in frames if f["status"] in (FAILED, ERROR))
-    n = len(frames)
-    return {"frames": n, **{s: status.get(s, 0) for s in STATUSES},
-            "parsed_share": round((status[OK] + status[REPAIRED]) / n, 4) if n else 0.0,
-            "fallback_used": sum(1 for f in frames if f["status"] in (FAILED, ERROR) and f["from"] is not None),
-            "without_path": sum(1 for f in frames if f["from"] is None),
+    counts = {"frames": len(frames), **{s: status.get(s, 0) for s in STATUSES},
+              "fallback_used": sum(1 for f in frames if f["status"] in (FAILED, ERROR) and f["from"] is not None),
+              "without_path": sum(1 for f in frames if f["from"] is None),
+              "points": sum(f.get("points", 0) for f in frames if f["status"] != SKIPPED),
+              "points_out_of_range": sum(f.get("out_of_range", 0) for f in frames if f["status"] != SKIPPED)}
+    return _with_shares(counts, repairs, reasons)
+
+
+def _with_shares(counts: dict, repairs: Counter, reasons: Counter) -> dict:
+    asked = counts["frames"] - counts[SKIPPED]
+    return {**counts, "parsed_share": round((counts[OK] + counts[REPAIRED]) / asked, 4) if asked else 0.0,
             "repairs": dict(repairs), "reasons": dict(reasons)}
 
 
@@ -312,13 +363,10 @@ def merge_stats(stats) -> dict:
     total = Counter()
     repairs, reasons = Counter(), Counter()
     for s in stats:
-        total.update({k: s[k] for k in ("frames", *STATUSES, "fallback_used", "without_path")})
+        total.update({k: s.get(k, 0) for k in _COUNTS})
         repairs.update(s["repairs"])
         reasons.update(s["reasons"])
-    n = total["frames"]
-    return {**{k: total[k] for k in ("frames", *STATUSES, "fallback_used", "without_path")},
-            "parsed_share": round((total[OK] + total[REPAIRED]) / n, 4) if n else 0.0,
-            "repairs": dict(repairs), "reasons": dict(reasons)}
+    return _with_shares({k: total[k] for k in _COUNTS}, repairs, reasons)
 
 
 def _write_frames_json(path: Path, record: dict, frames: list[dict]) -> None:

@@ -5,7 +5,8 @@ frame in a declared answer format, so parsing, fallback and storage are the same
 (`maniflow.paths.label`), and gives the closed-loop evaluation its paths the same way.
 Built in:
 
-    hamster, peek, openai   a VLM server over HTTP (vlm.py; protocols in maniflow.paths.protocol)
+    hamster, peek, openai,  a VLM server over HTTP (vlm.py; protocols in maniflow.paths.protocol)
+    qwen
     oracle                  the episode's own future fingertip motion (oracle.py)
 
 A new provider is one module in this package that calls `PROVIDERS.register` (docs/extending.md).
@@ -26,7 +27,8 @@ class PathProvider:
     """Base of the providers; subclasses set the class attributes and implement `answer`."""
 
     name: str
-    answer_format: str = "hamster"  # how stored answers are parsed (maniflow.paths.parse)
+    answer_format: str = "hamster"  # how stored answers are parsed (maniflow.paths.store.ANSWER_FORMATS)
+    coords: str | None = "unit"  # the answers' coordinate convention; None: the user declares it
     computed: bool = False  # answers are computed from the data: free to redo, never journaled
     needs_client: bool = True  # asks a server (a ClientConfig with endpoints)
 

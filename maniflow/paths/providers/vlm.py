@@ -1,5 +1,6 @@
-"""VLM servers over HTTP: HAMSTER (VILA-13B), PEEK (VILA-3B) and any OpenAI-compatible server.
-The three differ only in their wire (prompt, frame preparation, answer format:
+"""VLM servers over HTTP: HAMSTER (VILA-13B), PEEK (VILA-3B) and any OpenAI-compatible server
+(HAMSTER's prompt, or Qwen-VL's JSON points). They differ only in their wire (prompt, frame
+preparation, answer format, coordinates:
 `maniflow.paths.protocol.WIRES`); requests go through `PathClient` (many endpoints, retries,
 failover)."""
 
@@ -10,7 +11,7 @@ import logging
 from collections.abc import Iterator
 
 from maniflow.paths.client import Job, PathClient
-from maniflow.paths.protocol import WIRES, jpeg_data_url, prepare_image, request_body
+from maniflow.paths.protocol import WIRES, jpeg_data_url, prepare_image, prompt_sha, request_body
 from maniflow.paths.providers import PathProvider, register
 from maniflow.paths.store import parse_answer
 
@@ -22,21 +23,23 @@ class VLM(PathProvider):
         self.name = name
         self.wire = WIRES[name]
         self.answer_format = self.wire.answer_format
+        self.coords = self.wire.coords
 
     def identity(self, cfg) -> dict:
-        return {"kind": self.name, "model": cfg.model, "prompt_sha": self.wire.prompt_sha}
+        return {"kind": self.name, "model": cfg.model, "prompt_sha": prompt_sha(cfg.prompt() or self.wire.prompt)}
 
-    def request(self, rgb, instruction: str, cfg) -> bytes:
+    def request(self, rgb, instruction: str, cfg, prompt: str | None = None) -> bytes:
         url = jpeg_data_url(prepare_image(rgb, self.wire), cfg.jpeg_quality)
-        return json.dumps(request_body(url, instruction, self.wire, cfg.model, cfg.max_tokens)).encode()
+        return json.dumps(request_body(url, instruction, self.wire, cfg.model, cfg.max_tokens, prompt)).encode()
 
     def _jobs(self, frames, store, episodes: list, cfg) -> Iterator[Job]:
         """Requests for the missing frames, one episode's frames read at a time (runs in a thread)."""
+        prompt = cfg.prompt()
         for ep in episodes:
             ep.journal = store.journal(ep.number, ep.fingerprint)
-            rgb = frames.rgb(ep.index)
-            for t in sorted(ep.missing):
-                yield Job((ep.number, t), self.request(rgb[t], ep.instruction, cfg))
+            missing = sorted(ep.missing)  # with every-Nth asking, a few of the frames: only those are read
+            for t, rgb in zip(missing, frames.rgb(ep.index, missing)):
+                yield Job((ep.number, t), self.request(rgb, ep.instruction, cfg, prompt))
 
     def answer(self, frames, store, episodes, cfg, client, deliver) -> list[dict]:
         by_number = {ep.number: ep for ep in episodes}
@@ -65,7 +68,9 @@ class _ClosedLoopPaths:
         self.last: dict[int, list] = {}
 
     def __call__(self, envs: list, frames: list) -> list[list]:
-        jobs = [Job(id(env), self.provider.request(rgb, env.instruction, self.cfg)) for env, rgb in zip(envs, frames)]
+        prompt = self.cfg.prompt()
+        jobs = [Job(id(env), self.provider.request(rgb, env.instruction, self.cfg, prompt))
+                for env, rgb in zip(envs, frames)]
         height, width = frames[0].shape[:2]
 
         def on_answer(job, answer):
