@@ -16,8 +16,7 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from maniflow.paths.label import ProviderConfig
-from maniflow.settings import EvalConfig
+from maniflow.settings import EvalConfig, PathSource
 from maniflow.workspace import Cell, Workspace, default_work
 from tasks.evaluate import baselines, report
 from tasks.evaluate import evaluate as evaluate_task
@@ -29,8 +28,8 @@ class EvaluateParams(BaseModel):
     cells: list[Cell] = Field([], description="cells to evaluate; empty: every finished cell of the preset")
     preset: str = "paper"
     evaluation: EvalConfig = Field(default_factory=EvalConfig, description="the same for every cell")
-    path_sources: list[ProviderConfig] = Field([], description="the matrix's further path sources: a cell trained "
-                                               "on one's label gets that source's paths in closed loop")
+    path_sources: list[PathSource] = Field([], description="the matrix's further path sources: a cell trained on "
+                                           "one's label gets that source's paths in closed loop")
     report: str = Field("", description="report name under {work}/reports (default: the preset)")
     title: str = "ManiFlow path-guidance matrix"
 

@@ -30,7 +30,7 @@ from flows.train_run import CellParams
 from maniflow.conditions import CONDITIONS, matrix_conditions
 from maniflow.paths.label import ProviderConfig
 from maniflow.robotwin import ENVS, SINGLE_ARM_TASKS
-from maniflow.settings import EvalConfig, PrepareConfig, TrainOptions
+from maniflow.settings import EvalConfig, PathSource, PrepareConfig, TrainOptions
 from maniflow.workspace import Cell, default_root, default_work
 from tasks.train import cell_state
 
@@ -53,11 +53,11 @@ class MatrixParams(BaseModel):
     dask_address: str = Field("", description="Dask scheduler for prepare-data (empty: $MANIFLOW_DASK_ADDRESS, "
                               "else a local cluster)")
     data: PrepareConfig = Field(default_factory=PrepareConfig, description="path labelling and rendering")
-    path_sources: list[ProviderConfig] = Field([], description="further path sources as a matrix axis: each labels "
-                                               "the data under its own label and the conditions that draw paths are "
-                                               "trained on it too, evaluated with that source's paths in closed loop; "
-                                               "[{kind: oracle}] gives the ground truth, the upper bound the report "
-                                               "compares the VLM's paths with")
+    path_sources: list[PathSource] = Field([], description="further path sources as a matrix axis: each labels the "
+                                           "data under its own label, the conditions that draw paths are trained on it "
+                                           "too and evaluated with its paths in closed loop; [{provider: {kind: "
+                                           "oracle}}] is the ground truth, the upper bound the report compares the "
+                                           "data's paths with")
     evaluation: EvalConfig = Field(default_factory=EvalConfig, description="the same for every cell")
     train_deployment: str = Field("train-run/cell", description="deployment that trains one cell")
     poll_s: float = 10.0
@@ -81,7 +81,7 @@ class MatrixParams(BaseModel):
 
     def providers(self) -> list[ProviderConfig]:
         """Every path source: the data's, then the further ones."""
-        return [self.data.provider, *self.path_sources]
+        return [self.data.provider, *(s.provider for s in self.path_sources)]
 
     def cells(self) -> list[Cell]:
         """Tasks x envs x conditions x seeds, and x path labels for the conditions that draw paths
@@ -99,13 +99,16 @@ def train_matrix(params: MatrixParams = MatrixParams()) -> dict:
     work = str(Path(params.work).resolve())
     if params.prepare:
         prepare = prepare_data.with_options(task_runner=dask_runner(params.dask_address or None))
-        for provider in params.providers():
+        sources = [PathSource(provider=params.data.provider, client=params.data.client), *params.path_sources]
+        for source in sources:
             data = PrepareParams(root=str(Path(params.root).resolve()), work=work, tasks=params.tasks,
                                  envs=sorted(set(params.envs) | {params.evaluation.env}),
-                                 data=replace(params.data, provider=provider))
-            state = prepare.with_options(flow_run_name=f"prepare [{provider.name}]")(data, return_state=True)
+                                 data=replace(params.data, provider=source.provider,
+                                              client=source.client or params.data.client))
+            label = source.provider.name
+            state = prepare.with_options(flow_run_name=f"prepare [{label}]")(data, return_state=True)
             if not state.is_completed():  # cells whose datasets exist still run
-                logger.warning("prepare-data [%s] did not finish everything: %s", provider.name, state.message)
+                logger.warning("prepare-data [%s] did not finish everything: %s", label, state.message)
 
     todo = params.cells()
     rows = {str(c): {"cell": str(c), "state": "", "best val loss": None, "success %": None, "flow run": ""}

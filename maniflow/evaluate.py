@@ -239,6 +239,9 @@ def evaluate_cell(work, cell: Cell, cfg: EvalConfig = EvalConfig()) -> dict:
         | {"success_rate": float(np.mean(loop["success"]))},
         "strip": str(strip) if loop["strips"] else None,
         "data": data_provenance(workspace.cell_dataset(cell)),
+        # What made the training paths (the provider's identity; None for a condition without
+        # paths): the report tells the ground truth from a VLM by it.
+        "train_paths": (_store_attrs(workspace.cell_dataset(cell)).get("paths") or {}).get("provider"),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, record)

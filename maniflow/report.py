@@ -47,7 +47,7 @@ def _cell(record: dict) -> Cell:
 # An arm of the matrix: (condition, path label), the label None for a condition that draws no
 # path (its cells are the same whatever the label).
 Arm = tuple[str, str | None]
-ORACLE = "oracle"  # the ground truth's label: the upper bound other labels are compared with
+ORACLE = "oracle"  # the ground truth's provider: the upper bound other labels are compared with
 
 
 def _arm(cell: Cell) -> Arm:
@@ -68,6 +68,13 @@ def _arms(cells: dict) -> list[Arm]:
 
 def _labels(cells: dict) -> list[str]:
     return sorted({k[1][1] for k in cells if k[1][1] is not None})
+
+
+def ground_truth_labels(records: list[dict]) -> set[str]:
+    """Labels whose training paths came from the oracle (by the provider recorded with each
+    cell; records from before that was recorded go by the label's name)."""
+    return {_cell(r).label for r in records
+            if ((r["train_paths"] or {}).get("kind") == ORACLE if "train_paths" in r else _cell(r).label == ORACLE)}
 
 
 def arm_name(arm: Arm, labels: list[str], titles: bool = False) -> str:
@@ -159,11 +166,34 @@ def answers(records: list[dict]) -> list[tuple[str, str, list[str]]]:
         "clutter": [compare(("cluttered", arm), ("clean", arm), f"training on cluttered ({arm_name(arm, labels)})",
                             "training on clean") for arm in _arms(cells)],
     }
-    if ORACLE in labels and len(labels) > 1:  # only a matrix with the path label as an axis asks it
-        lines["vlm"] = [compare((e, arm), (e, (arm[0], ORACLE)), f"{arm[0]} on {arm[1]} paths ({e})",
-                                "on oracle paths") for e in envs for arm in _arms(cells)
-                        if arm[1] not in (None, ORACLE)]
+    truth = sorted(ground_truth_labels(records) & set(labels))
+    if truth and len(labels) > 1:  # only a matrix with the path label as an axis asks it
+        lines["vlm"] = [lost_line(compare((e, arm), (e, (arm[0], t)), f"{arm[0]} on {arm[1]} paths ({e})",
+                                          f"on {t} paths (the ground truth)"), cells, e, arm, t)
+                        for t in truth for e in envs for arm in _arms(cells) if arm[1] not in (None, *truth)]
     return [(*QUESTIONS[k], [x for x in found if x]) for k, found in lines.items()]
+
+
+def lost_line(line: str | None, cells: dict, env: str, arm: Arm, truth: str) -> str | None:
+    """The comparison, with the share of the condition's gain over original RGB lost to the
+    label's paths (point estimates: the interval above is the difference's)."""
+    means = {label: [float(np.mean(cells[k][s])) for k in [(env, (arm[0], label), t) for t in _tasks(cells)]
+                     if k in cells for s in cells[k]] for label in (arm[1], truth)}
+    base = [float(np.mean(cells[k][s])) for k in [(env, ("original", None), t) for t in _tasks(cells)]
+            if k in cells for s in cells[k]]
+    if line is None or not base or not all(means.values()):
+        return line
+    gain = {label: 100 * (np.mean(v) - np.mean(base)) for label, v in means.items()}
+    if gain[truth] <= 0:
+        return line[:-1] + f"; with {truth} paths the condition gains nothing over original RGB here " \
+            f"({gain[truth]:+.1f} points), so no share of its effect can be lost."
+    return line[:-1] + (f"; its gain over original RGB is {gain[truth]:+.1f} points on {truth} paths and "
+                        f"{gain[arm[1]]:+.1f} on {arm[1]} paths: {100 * (1 - gain[arm[1]] / gain[truth]):.0f}% of "
+                        "the effect lost.")
+
+
+def _tasks(cells: dict) -> list[str]:
+    return sorted({k[2] for k in cells})
 
 
 def _cell_estimate(cells, key) -> Estimate | None:

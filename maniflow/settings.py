@@ -7,6 +7,7 @@ command line and the flows' parameter forms are built without importing those st
     TrainOptions    what a user may change of a cell's preset (maniflow.train)
     EvalConfig      closed-loop and offline evaluation (maniflow.evaluate)
     ExportConfig    datasets out, for other trainers (maniflow.exporters)
+    PathSource      a further path source of a matrix: provider and, optionally, its servers
     PrepareConfig   source, path provider, client, datasets and exports of prepare-data
     PrepareJob      one (env, task) to prepare: the unit prepare-data maps its episodes over
 
@@ -201,6 +202,17 @@ class TrainOptions:
 
 
 @config
+class PathSource:
+    """A further path source of an experiment matrix (the path label as an axis): what labels the
+    data and draws the paths in closed loop, and the servers it asks when they are not the data's."""
+
+    provider: ProviderConfig = setting(factory=lambda: ProviderConfig(kind="oracle"),
+                                       help="the provider, under its own label (default: the oracle, the ground truth)")
+    client: ClientConfig | None = setting(None, help="its VLM servers, for labelling and in closed loop (default: the "
+                                          "data's and the evaluation's)")
+
+
+@config
 class EvalConfig:
     """How cells are evaluated (the same for every cell of a report)."""
 
@@ -230,18 +242,23 @@ class EvalConfig:
         if self.episodes < 1:
             raise ValueError(f"episodes {self.episodes}: at least 1")
 
-    def for_label(self, label: str, sources: list[ProviderConfig] = ()) -> EvalConfig:
-        """The evaluation of a cell trained on `label`'s paths: in closed loop the paths come from
-        the provider that made that label (one of `sources`, the matrix's further path sources), or
-        from `paths` for any other label."""
-        source = next((p for p in sources if p.name == label), None)
-        return self if source is None else replace(self, paths=source)
+    def for_label(self, label: str, sources: list[PathSource] = ()) -> EvalConfig:
+        """The evaluation of a cell trained on `label`'s paths: in closed loop its paths come from
+        the source that made that label when it is one of `sources` (a matrix's further path
+        sources), else from `paths`."""
+        source = next((s for s in sources if s.provider.name == label), None)
+        if source is None:
+            return self
+        return replace(self, paths=source.provider, client=source.client or self.client)
 
     def identity(self) -> dict:
-        """What the results depend on: the settings, less the endpoints of a computed path source."""
+        """What the results depend on: the settings, less the endpoints of a computed path source,
+        with the prompt file's content (its hash), not only its name."""
         out = asdict(self)
         if self.paths.computed:
             out["client"] = None
+        if self.paths.prompt_file:
+            out["paths"]["prompt_sha"] = self.paths.identity()["prompt_sha"]
         return out
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from maniflow.frames import FramesStore, IncompleteStoreError
 from maniflow.overlay import render_views
-from maniflow.paths.quality import episode_errors
+from maniflow.paths.quality import episode_errors, stored_provider
 from maniflow.paths.store import PathStore
 from maniflow.workspace import Workspace
 
@@ -95,7 +95,8 @@ class WorkView:
             except KeyError as e:  # not labelled (yet): the frames still show
                 out["paths_missing"] = str(e).strip("'\"")
                 return out
-            errors = episode_errors(store, store.row(number), stored)  # against the oracle, in pixels
+            paths_store = PathStore(self.workspace.paths(label, env, task))
+            errors = episode_errors(store, store.row(number), stored, stored_provider(paths_store))  # in pixels
             out["per_frame"] = [{**{k: f.get(k) for k in ("status", "repairs", "reason", "from", "raw")}, "error": e}
                                 for f, e in zip(stored.record["frames"], errors)]
         return out

@@ -16,9 +16,8 @@ from prefect.cache_policies import NO_CACHE
 
 from maniflow.artifacts import BUDGET, inline_figures
 from maniflow.evaluate import evaluate_baselines, evaluate_cell
-from maniflow.paths.label import ProviderConfig
 from maniflow.report import build_report
-from maniflow.settings import EvalConfig
+from maniflow.settings import EvalConfig, PathSource
 from maniflow.workspace import Cell, Workspace
 
 
@@ -36,7 +35,7 @@ def baselines(work: str, task_name: str, cfg: EvalConfig) -> dict:
 
 @task(name="report", cache_policy=NO_CACHE, task_run_name="report {out}")
 def report(work: str, cells: list[Cell], cfg: EvalConfig, out: str, title: str,
-           path_sources: list[ProviderConfig] = ()) -> str:
+           path_sources: list[PathSource] = ()) -> str:
     """Build the report from the cells' stored evaluation records and publish it as an artifact."""
     # stored: reads {run}/eval/*.json
     records = [evaluate_cell(work, cell, cfg.for_label(cell.label, path_sources)) for cell in cells]

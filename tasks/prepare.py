@@ -165,9 +165,14 @@ def assemble(job: PrepareJob, numbers: list[int], rendered: list[dict] | None = 
 
 
 def _quality_key(ctx, p) -> str:
+    """The label's path files and the frames stores (the reference), and the output itself: a
+    `maniflow path-quality` of a subset, written to the same place since, is written again."""
     workspace = Workspace(p["work"])
-    files = [f for env in p["envs"] for task_name in p["tasks"]
+    pairs = [(env, task_name) for env in p["envs"] for task_name in p["tasks"]]
+    files = [f for env, task_name in pairs
              for f in workspace.paths(p["label"], env, task_name, CAMERA).glob("episode*.json")]
+    files += [workspace.frames(env, task_name, CAMERA) / ".zattrs" for env, task_name in pairs]  # its episodes
+    files.append(workspace.quality(p["label"]) / "quality.json")
     return cache_key("quality", QUALITY_VERSION, p["work"], p["label"], p["envs"], p["tasks"], _stats(files))
 
 

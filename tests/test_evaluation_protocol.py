@@ -12,7 +12,7 @@ import pytest
 
 from maniflow.paths.label import ProviderConfig
 from maniflow.report import answers, build_report, readme_blocks
-from maniflow.settings import EVAL_SEED, EvalConfig
+from maniflow.settings import EVAL_SEED, EvalConfig, PathSource
 from maniflow.simulators import synthetic
 from maniflow.simulators.synthetic import published, solve_layouts
 from maniflow.stats import bootstrap, detectable_difference, in_words, paired_difference, seed_variance
@@ -126,27 +126,33 @@ def test_the_report_says_what_its_intervals_cover_and_what_its_design_resolves(t
 
 
 def test_the_path_label_is_an_axis_and_the_report_says_what_vlm_error_costs(tmp_path):
-    """Overlay cells trained on hamster and on oracle paths (the original cells once): the report
-    compares them with the same statistics, each label's cells evaluated with its own paths."""
+    """Overlay cells trained on hamster and on ground-truth paths (the original cells once): the
+    report compares them with the same statistics, each label's cells evaluated with its own
+    paths. The ground truth is known by the provider that made the label, whatever its name."""
     rates = {"original": [0.2] * 3, "overlay_current": [0.5] * 3}
     records = _matrix([0, 1, 2], rates)
-    oracle_paths = asdict(EvalConfig(episodes=50).for_label("oracle", [ProviderConfig(kind="oracle")]))
+    for r in records:
+        r["train_paths"] = None if r["cell"]["condition"] == "original" else {"kind": "hamster"}
+    truth = asdict(EvalConfig(episodes=50).for_label("truth", [PathSource(provider=ProviderConfig(
+        kind="oracle", label="truth"))]))
     for r in _matrix([0, 1, 2], {"overlay_current": [0.8] * 3}):
-        r["cell"]["label"], r["eval"] = "oracle", {**oracle_paths, "paths": {**oracle_paths["paths"], "label": "x"}}
+        r["cell"]["label"], r["eval"], r["train_paths"] = "truth", truth, {"kind": "oracle"}
         records.append(r)
     md = build_report(records, {}, tmp_path / "labels").read_text()
     vlm = md.split("**How much of the overlay's effect is lost to VLM path error?**")[1].split("**")[0]
-    assert "- overlay_current on hamster paths (cluttered) trails on oracle paths by 30.0 points" in vlm
-    assert "(the interval excludes zero)" in vlm
-    assert "- overlay (trained on cluttered, oracle paths) beats original RGB by 60.0 points" in md
+    line = next(x for x in vlm.splitlines() if x.startswith("- overlay_current on hamster paths (cluttered)"))
+    assert "trails on truth paths (the ground truth) by 30.0 points" in line and "(the interval excludes zero)" in line
+    assert line.endswith("its gain over original RGB is +60.0 points on truth paths and +30.0 on hamster paths: "
+                         "50% of the effect lost.")
+    assert "- overlay (trained on cluttered, truth paths) beats original RGB by 60.0 points" in md
     assert "- overlay (trained on cluttered, hamster paths) beats original RGB by 30.0 points" in md
-    assert "| trained on | original | current overlay [hamster] | current overlay [oracle] |" in md
-    assert "from `oracle` for cells trained on `hamster` paths, `x` for cells trained on `oracle` paths" in md
+    assert "| trained on | original | current overlay [hamster] | current overlay [truth] |" in md
+    assert "from `oracle` for cells trained on `hamster` paths, `truth` for cells trained on `truth` paths" in md
     # One label, one closed-loop path source: cells of one label evaluated otherwise are refused.
     records[-1]["eval"] = records[0]["eval"]
     with pytest.raises(ValueError, match="different paths"):
         build_report(records, {}, tmp_path / "mixed")
-    # Without the oracle as a label the question is not asked at all.
+    # Without the ground truth among the labels the question is not asked at all.
     assert [q for q, _, _ in answers(_matrix([0], rates))] == ["Does a drawn path help?",
                                                                "Does the initial-frame overlay help?",
                                                                "Does cluttered training help?"]

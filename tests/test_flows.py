@@ -236,7 +236,8 @@ def test_train_matrix_on_workers_outage_retry_and_nothing_twice(dask_address, sm
                for (pool, limit), log in zip((("maniflow-control", "2"), ("maniflow", "1")), logs)]
     try:
         params = {"work": str(work), "root": str(small_root), "envs": ["clean"], "tasks": ["click_bell"],
-                  "conditions": ["original", "overlay_current"], "preset": "demo", "path_sources": [{"kind": "oracle"}],
+                  "conditions": ["original", "overlay_current"], "preset": "demo",
+                  "path_sources": [{"provider": {"kind": "oracle"}}],
                   "train": {"epochs": 1, "device": "cpu"}, "poll_s": 1, "report": "tiny", "dask_address": dask_address,
                   "data": {"provider": {"kind": "hamster"}, "dataset": {"resolution": 48},
                            "export": {"formats": ["lerobot-v3.0"], "views": ["overlay"]},

@@ -110,6 +110,9 @@ def test_peek_sends_the_centre_crop_and_maps_answers_back(work_copy, path_server
     xs = [p[0] for path in PathStore(report.store).read(0).paths for p in path]
     assert min(xs) >= 40 / 320 - 1e-9 and max(xs) <= 280 / 320 + 1e-9  # inside the crop
     assert all(p[2] is None for path in PathStore(report.store).read(0).paths for p in path)
+    # PEEK's MASK answer is kept with each frame, mapped to the frame like the path, and not drawn.
+    frame = PathStore(report.store).read(0).record["frames"][0]
+    assert frame["mask"] and all(40 / 320 - 1e-6 <= x <= 280 / 320 + 1e-6 for x, _ in frame["mask"])
 
 
 def test_one_endpoint_down_the_other_does_all_the_work(work_copy, path_server, caplog):
@@ -205,6 +208,9 @@ def test_the_loopback_server_answers_like_hamster_where_the_client_can_tell(work
     assert reply.status_code == 500 and "decodable image" in reply.json()["error"]
     reply = httpx.post(url, json={"model": "HAMSTER_dev", "messages": "hello"}, timeout=30)
     assert reply.status_code == 422 and reply.json()["detail"][0]["loc"] == ["body"]
+    system = {**body, "messages": [{**body["messages"][0], "role": "system"}]}
+    reply = httpx.post(url, json=system, timeout=30)
+    assert reply.status_code == 422 and "'user' or 'assistant'" in reply.json()["detail"][0]["msg"]
     # A request the server cannot read takes the endpoint out at once: no retries.
     with pytest.raises(RequestsRejected, match="HTTP 422"):
         PathClient(client(server.urls, max_attempts=50)).run(iter([Job("bad", b'{"model": "HAMSTER_dev"}')]),

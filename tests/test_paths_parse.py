@@ -137,13 +137,21 @@ def test_qwen_json_point_lists_are_a_declared_format_with_labels_and_no_gripper_
     ('Here you go: [{"point_2d": [100, 200]}, {"point_2d": [300, 400]}] Done.', [(0.1, 0.2, None), (0.3, 0.4, None)],
      "text around the JSON ignored"),
     ('```json\n[{"point_2d": [100, 200], "label": "a"}, {"point_2d": [300, 400], "label": "b"}, {"point_2d": [5',
-     [(0.1, 0.2, None), (0.3, 0.4, None)], "invalid JSON (cut off?); points read one by one"),
+     [(0.1, 0.2, None), (0.3, 0.4, None)], "points read one by one (invalid, cut-off or wrapped JSON)"),
+    ('{"points": [{"label": "a", "point_2d": [100, 200]}, {"point_2d": [300, 400]}]}',
+     [(0.1, 0.2, None), (0.3, 0.4, None)], "points read one by one (invalid, cut-off or wrapped JSON)"),
     ('[{"point_2d": [100, 200]}, {"bbox_2d": [1, 2, 3, 4]}]', [(0.1, 0.2, None)], "entries without point_2d ignored"),
     ('[[100, 200], [300, 400]]', [(0.1, 0.2, None), (0.3, 0.4, None)], "bare [x, y] entries read as points"),
 ])
 def test_qwen_answers_that_break_are_repaired_and_named(text, points, repair):
     p = parse_points_json(text, (1000.0, 1000.0))
     assert p.status == "repaired" and p.points == points and repair in p.repairs
+
+
+def test_a_label_json_cannot_read_is_kept_as_written():
+    # A raw line break inside a label is invalid JSON: the answer is still read, label and all.
+    p = parse_points_json('[{"label": "the\nbell", "point_2d": [100, 200]}, {"point_2d": [300, 4', (1000.0, 1000.0))
+    assert p.status == "repaired" and p.points == [(0.1, 0.2, None)] and p.labels == ["the\nbell"]
 
 
 def test_points_outside_the_image_are_counted_for_the_coordinate_warning():

@@ -128,3 +128,19 @@ def test_the_command_prints_the_table_and_says_when_nothing_is_labelled(work_cop
     missing = subprocess.run([MANIFLOW, "path-quality", "--work", str(work_copy), "--label", "nobody"],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "no paths labelled 'nobody'" in missing.stdout
+
+
+def test_paths_of_an_episode_extracted_again_since_are_not_measured(work_copy):
+    from maniflow.frames import FramesStore
+    from maniflow.paths.quality import stale, stored_provider
+    from maniflow.workspace import Workspace
+
+    report = label_paths(work_copy, "clean", "click_bell", ProviderConfig(kind="oracle", label="truth"))
+    store, frames = PathStore(report.store), FramesStore(Workspace(work_copy).frames("clean", "click_bell"))
+    ep = store.read(int(frames.episode_index[0]))
+    provider = stored_provider(store)
+    assert provider.kind == "oracle" and stale(frames, 0, ep, provider) is None
+    ep.record["source_fingerprint"] = {**ep.record["source_fingerprint"], "source": "an older recording"}
+    assert stale(frames, 0, ep, provider) == "stale: the episode changed since it was labelled (label again)"
+    ep.paths.pop()
+    assert stale(frames, 0, ep, None).startswith(f"stale: {ep.num_frames} frames labelled")

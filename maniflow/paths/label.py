@@ -72,6 +72,8 @@ class ProviderConfig:
         if self.every < 1:
             raise ValueError(f"every {self.every}: at least 1 (1 asks every frame)")
         if self.prompt_file is not None:
+            # Absolute, so workers started elsewhere (Dask, train-run) read the same file.
+            object.__setattr__(self, "prompt_file", str(Path(self.prompt_file).resolve()))
             if not self.provider.needs_client:
                 raise ValueError(f"provider {self.kind} asks no model: a prompt file means nothing to it")
             text = self.prompt()
@@ -210,6 +212,9 @@ def label_paths(work, env: str, task: str, provider: ProviderConfig, client: Cli
     store = PathStore(workspace.paths(provider.name, env, task, camera))
     store.bind(provider.identity(), provider.params(), reset=provider.computed)
 
+    def asked_set(ep: _Episode) -> set[int]:
+        return set(np.flatnonzero(asked_frames(ep.frames, provider.every)).tolist())
+
     todo = []
     for i, (number, record) in enumerate(zip(frames.episode_index, frames.episodes)):
         if episodes is not None and int(number) not in episodes:
@@ -218,12 +223,12 @@ def label_paths(work, env: str, task: str, provider: ProviderConfig, client: Cli
         fingerprint = provider.source_fingerprint(record)
         ep = _Episode(i, int(number), n, fingerprint, _instruction(record, task),
                       store.load_answers(int(number), fingerprint))
-        ep.missing = set(np.flatnonzero(asked_frames(n, provider.every)).tolist()) - set(ep.answers)
+        ep.missing = asked_set(ep) - set(ep.answers)
         todo.append(ep)
     episodes_done = list(todo)
     report = LabelReport(env, task, provider.name, store.dir, episodes=len(todo),
                          frames=sum(e.frames for e in todo), coords=provider.coords, every=provider.every)
-    report.reused = sum(len(e.answers) for e in todo)
+    report.reused = sum(len(e.answers.keys() & asked_set(e)) for e in todo)  # answers of frames asked now
     done = report.reused
     goal = done + sum(len(ep.missing) for ep in todo)  # with every-Nth asking, fewer than the frames
 
@@ -261,6 +266,9 @@ def label_paths(work, env: str, task: str, provider: ProviderConfig, client: Cli
             ep.missing.discard(t)
             done += 1
             if not ep.missing:
+                for future in written:  # a file that could not be written stops the run now
+                    if future.done() and future.exception():
+                        raise future.exception()
                 written.append(writer.submit(finish, ep))
             if progress:
                 progress(done, goal)

@@ -43,8 +43,9 @@ _TRAJECTORY = re.compile(r"TRAJECTORY\s*:?\s*<ans>", re.IGNORECASE)
 _FILLER = re.compile(r"[\s,\[\]]+")
 _MASK = re.compile(r"MASK\s*:?\s*<ans>(.*?)(?:</ans>|$)", re.IGNORECASE | re.DOTALL)
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.IGNORECASE | re.DOTALL)
-_POINT_2D = re.compile(rf'"point_2d"\s*:\s*\[\s*({_NUM})\s*,\s*({_NUM})\s*\]'
-                       r'(?:\s*,\s*"label"\s*:\s*"((?:[^"\\]|\\.)*)")?')
+_POINT_2D = re.compile(rf'"point_2d"\s*:\s*\[\s*({_NUM})\s*,\s*({_NUM})\s*\]')
+_LABEL = re.compile(r'"label"\s*:\s*"((?:[^"\\]|\\.)*)"', re.DOTALL)
+_OBJECT = re.compile(r"\{[^{}]*\}")  # innermost objects: a point list's entries, wrapped or not
 
 
 @dataclass
@@ -95,46 +96,63 @@ def parse_points_json(text: str, scale: tuple[float, float] = (1.0, 1.0)) -> Par
     order, no gripper states (the format has none), each point's label kept.
 
     Repaired: text around the JSON; entries without `point_2d` (skipped); bare [x, y] entries;
-    invalid or cut-off JSON (points read one by one)."""
+    invalid, cut-off or wrapped JSON (each object holding a `point_2d` read one by one)."""
     if not text or not text.strip():
         return ParsedPath(FAILED, reason="empty answer")
     repairs: list[str] = []
     fence = _FENCE.search(text)
     body = (fence.group(1) if fence else text).strip()
     data = _json(body)
-    if data is None and "[" in body:
-        data = _json(body[body.index("["):body.rindex("]") + 1] if "]" in body else "")
+    if data is None and "[" in body and "]" in body:
+        data = _json(body[body.index("["):body.rindex("]") + 1])
         if data is not None:
             _note(repairs, "text around the JSON ignored")
-    points: list[list] = []
-    labels: list = []
-    if isinstance(data, dict):
-        data = [data]
-    if isinstance(data, list):
-        for item in data:
-            xy = item.get("point_2d", item.get("point")) if isinstance(item, dict) else item
-            if isinstance(item, list):
-                _note(repairs, "bare [x, y] entries read as points")
-            if isinstance(xy, list) and len(xy) == 2 and all(isinstance(v, (int, float)) for v in xy):
-                points.append([xy[0] / scale[0], xy[1] / scale[1], None])
-                labels.append(item.get("label") if isinstance(item, dict) else None)
-            else:
-                _note(repairs, "entries without point_2d ignored")
-    else:
-        for m in _POINT_2D.finditer(body):
-            points.append([float(m[1]) / scale[0], float(m[2]) / scale[1], None])
-            labels.append(json.loads(f'"{m[3]}"') if m[3] is not None else None)
-        if points:
-            _note(repairs, "invalid JSON (cut off?); points read one by one")
-    if not points:
+    found = _listed_points(data, repairs) if isinstance(data, list) else []
+    if not found:
+        found = [p for p in map(_object_point, _OBJECT.findall(body)) if p is not None]
+        if found:
+            _note(repairs, "points read one by one (invalid, cut-off or wrapped JSON)")
+    if not found:
         return ParsedPath(FAILED, repairs=repairs, reason="no point_2d points in answer")
+    points = [[x / scale[0], y / scale[1], None] for (x, y), _ in found]
     kept, out_of_range = _fit_range(points, repairs)
     keep = [i for i, p in enumerate(points) if _kept(p)]
     if not kept:
         return ParsedPath(FAILED, repairs=repairs, reason="every point outside the image",
                           answered=len(points), out_of_range=out_of_range)
     return ParsedPath(REPAIRED if repairs else OK, [tuple(p) for p in kept], repairs, answered=len(points),
-                      out_of_range=out_of_range, labels=[labels[i] for i in keep])
+                      out_of_range=out_of_range, labels=[found[i][1] for i in keep])
+
+
+def _listed_points(items: list, repairs: list[str]) -> list[tuple[tuple[float, float], str | None]]:
+    """((x, y), label) of a parsed JSON list's entries: objects with point_2d, or bare pairs."""
+    out = []
+    for item in items:
+        xy = item.get("point_2d", item.get("point")) if isinstance(item, dict) else item
+        if isinstance(item, list):
+            _note(repairs, "bare [x, y] entries read as points")
+        if _is_xy(xy):
+            label = item.get("label") if isinstance(item, dict) else None
+            out.append(((float(xy[0]), float(xy[1])), label if isinstance(label, str) else None))
+        else:
+            _note(repairs, "entries without point_2d ignored")
+    return out
+
+
+def _object_point(obj: str) -> tuple[tuple[float, float], str | None] | None:
+    """((x, y), label) of one `{...}` object's text, valid JSON or not; None without point_2d."""
+    data = _json(obj)
+    if isinstance(data, dict) and _is_xy(data.get("point_2d")):
+        label = data.get("label")
+        return (float(data["point_2d"][0]), float(data["point_2d"][1])), label if isinstance(label, str) else None
+    point, label = _POINT_2D.search(obj), _LABEL.search(obj)
+    if point is None:
+        return None
+    return (float(point[1]), float(point[2])), label[1] if label else None  # the label's raw text
+
+
+def _is_xy(xy) -> bool:
+    return isinstance(xy, list) and len(xy) == 2 and all(isinstance(v, (int, float)) for v in xy)
 
 
 def _json(text: str):

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from maniflow.frames import FramesStore
+from maniflow.paths.label import ProviderConfig
 from maniflow.paths.providers.oracle import store_oracle_paths
 from maniflow.paths.store import EpisodePaths, PathStore
 from maniflow.storage import code_version, temp_sibling, write_json
@@ -158,9 +159,34 @@ class TaskQuality:
                              for n in np.unique(ep)}}
 
 
-def episode_pairs(frames: FramesStore, index: int, ep: EpisodePaths) -> tuple[list[str | None], list, list]:
+def stored_provider(store: PathStore) -> ProviderConfig | None:
+    """The configuration that labelled a store, or None when it cannot be rebuilt (a provider
+    not registered here)."""
+    try:
+        return ProviderConfig(**store.provider()["params"])
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
+def stale(frames: FramesStore, index: int, ep: EpisodePaths, provider: ProviderConfig | None) -> str | None:
+    """Why the stored paths no longer belong to the index-th episode of `frames` (it was
+    extracted again since), or None."""
+    record = frames.episodes[index]
+    if ep.num_frames != record["frames"]:
+        return f"stale: {ep.num_frames} frames labelled, {record['frames']} now (label again)"
+    if provider is not None and json.dumps(provider.source_fingerprint(record), sort_keys=True) != \
+            json.dumps(ep.record.get("source_fingerprint"), sort_keys=True):
+        return "stale: the episode changed since it was labelled (label again)"
+    return None
+
+
+def episode_pairs(frames: FramesStore, index: int, ep: EpisodePaths,
+                  provider: ProviderConfig | None = None) -> tuple[list[str | None], list, list]:
     """Per frame why it is not measured (None: it is), and the drawn and reference paths of the
     frames that are, for the index-th episode of `frames` and its stored paths."""
+    why = stale(frames, index, ep, provider)
+    if why is not None:
+        return [why] * frames.episodes[index]["frames"], [], []
     truth, _, _, degenerate = store_oracle_paths(frames, index, REFERENCE_POINTS)
     why, got, want = [], [], []
     for t, (path, ref) in enumerate(zip(ep.paths, truth, strict=True)):
@@ -175,9 +201,10 @@ def episode_pairs(frames: FramesStore, index: int, ep: EpisodePaths) -> tuple[li
     return why, got, want
 
 
-def episode_errors(frames: FramesStore, index: int, ep: EpisodePaths) -> list[dict]:
+def episode_errors(frames: FramesStore, index: int, ep: EpisodePaths, provider: ProviderConfig | None = None
+                   ) -> list[dict]:
     """Each frame's metrics (rounded), or why it is not measured: what the viewer shows."""
-    why, got, want = episode_pairs(frames, index, ep)
+    why, got, want = episode_pairs(frames, index, ep, provider)
     height, width = frames.root["data/rgb"].shape[1:3]
     metrics = compare_paths(got, want, width, height)
     out, k = [], 0
@@ -198,7 +225,7 @@ def task_quality(work, label: str, env: str, task: str, camera: str = "head") ->
     if not store.dir.is_dir():
         raise FileNotFoundError(f"no paths labelled {label!r} for {env}/{task} ({store.dir}); run maniflow paths")
     height, width = frames.root["data/rgb"].shape[1:3]
-    labelled = set(store.episodes())
+    labelled, provider = set(store.episodes()), stored_provider(store)
     episode, frame, status, filled, measured, got, want = [], [], [], [], [], [], []
     unmeasured = Counter()
     for i, number in enumerate(int(n) for n in frames.episode_index):
@@ -206,11 +233,12 @@ def task_quality(work, label: str, env: str, task: str, camera: str = "head") ->
             unmeasured["episode not labelled"] += frames.episodes[i]["frames"]
             continue
         ep = store.read(number)
-        why, ep_got, ep_want = episode_pairs(frames, i, ep)
-        episode += [number] * ep.num_frames
-        frame += range(ep.num_frames)
-        status += ep.status
-        filled += [s is not None and s != t for t, s in enumerate(ep.source)]
+        why, ep_got, ep_want = episode_pairs(frames, i, ep, provider)
+        n = len(why)  # the episode's frames now (a stale episode's stored rows are not used)
+        episode += [number] * n
+        frame += range(n)
+        status += ep.status if n == ep.num_frames else ["stale"] * n
+        filled += [s is not None and s != t for t, s in enumerate(ep.source)] if n == ep.num_frames else [False] * n
         measured += [w is None for w in why]
         unmeasured.update(w for w in why if w is not None)
         got += ep_got

@@ -327,6 +327,8 @@ def _question(body) -> tuple[str, str]:
     try:
         if not isinstance(body.get("model"), str):
             raise KeyError("model")
+        if any(m.get("role") not in ("user", "assistant") for m in body["messages"]):
+            raise ValueError("each message's role must be 'user' or 'assistant'")
         content = body["messages"][-1]["content"]
         image = next(p["image_url"]["url"] for p in content if p.get("type") == "image_url")
         prompt = next(p["text"] for p in content if p.get("type") == "text")
