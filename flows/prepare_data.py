@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from prefect import allow_failure, flow, unmapped
+from prefect import flow, unmapped
 from prefect.futures import wait
 from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel, Field
@@ -50,7 +50,7 @@ def prepare_data(params: PrepareParams = PrepareParams()) -> dict:
     root, work = str(Path(params.root).resolve()), str(Path(params.work).resolve())
     label = label_episode.with_options(retries=params.data.label_retries,
                                        retry_delay_seconds=params.data.label_retry_delay_s)
-    results, assembled = {}, []
+    results = {}
     for env in params.envs:
         for task_name in params.tasks:
             job = PrepareJob(root=root, work=work, env=env, task=task_name, cfg=params.data)
@@ -58,13 +58,12 @@ def prepare_data(params: PrepareParams = PrepareParams()) -> dict:
             labelled = label.map(unmapped(job), numbers)
             rendered = render.map(unmapped(job), numbers, labelled)
             results[str(job)] = assemble.submit(job, numbers, rendered)
-            assembled.append(results[str(job)])
             if params.data.export.formats:
                 results[f"export {job}"] = export.submit(job, results[str(job)])
-    # Measured on whatever got labelled, also when some episodes failed.
-    results["path quality"] = quality.submit(work, params.data.provider.name, params.envs, params.tasks,
-                                             wait_for=[allow_failure(f) for f in assembled])
     wait(list(results.values()))
+    # After everything else, so it measures whatever got labelled, also when some episodes failed.
+    results["path quality"] = quality.submit(work, params.data.provider.name, params.envs, params.tasks)
+    wait([results["path quality"]])
     failed = [key for key, future in results.items() if not future.state.is_completed()]
     if failed:  # the flow run fails; `prefect flow-run retry` redoes only what did not finish
         raise RuntimeError(f"not prepared: {failed}; see the failed tasks, fix the cause and retry the run")

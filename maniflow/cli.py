@@ -352,9 +352,11 @@ def cmd_path_quality(args) -> int:
 
     _frames_stores(args.work, args.envs, args.tasks, args.camera)
     report = path_quality(args.work, args.label, args.envs, args.tasks, args.camera, args.out)
-    print("\n".join(markdown(report.data())))
-    print(f"-> {report.out}/quality.json, quality.md" + (", quality.png" if report.tasks else ""))
-    return 0 if report.tasks else 2
+    print("\n".join(markdown(report.data)))
+    measured = bool(report.data["tasks"])
+    print(f"-> {report.out}/quality.json, quality.md" + (", quality.png" if measured else "")
+          + ("" if report.written else " (unchanged since measured)"))
+    return 0 if measured else 2
 
 
 def _path_quality_options(p: argparse.ArgumentParser) -> None:

@@ -146,6 +146,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def file_stats(paths) -> list:
+    """[path, size, mtime] of each file that exists, sorted: a cheap signature of inputs."""
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(paths) if p.exists()]
+
+
 @lru_cache(maxsize=1)
 def code_version() -> dict:
     """Package version and, when run from a git checkout, the commit (recorded in store attrs)."""

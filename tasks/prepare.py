@@ -24,12 +24,12 @@ from maniflow.exporters import export_dataset
 from maniflow.frames import FramesStore, extract_task
 from maniflow.paths.client import NoEndpointAvailable, RequestsRejected
 from maniflow.paths.label import label_paths
-from maniflow.paths.quality import FORMAT_VERSION as QUALITY_VERSION
 from maniflow.paths.quality import markdown, path_quality, table_rows
 from maniflow.paths.store import PathStore
 from maniflow.previews import contact_sheet
 from maniflow.robotwin import select_episodes
 from maniflow.settings import CAMERA, PrepareJob
+from maniflow.storage import file_stats
 from maniflow.workspace import Workspace
 
 
@@ -67,13 +67,9 @@ def _extract_key(ctx, p) -> str:
     source = job.cfg.source
     refs = select_episodes(job.root, job.task, job.config_name, source.embodiment, source.layout)
     return cache_key("extract", job.root, job.work, job.env, job.config_name, job.task, CAMERA, asdict(source),
-                     [[r.index, r.fingerprint()] for r in refs], _stats({r.scene_info_path for r in refs}))
-
-
-def _stats(paths) -> list:
-    """(path, size, mtime) of each file that exists: a change reruns the task, which reuses every
-    episode whose own inputs and working arm are unchanged."""
-    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(paths) if p.exists()]
+                     [[r.index, r.fingerprint()] for r in refs],
+                     # a change reruns the task, which reuses every episode whose inputs and arm are unchanged
+                     file_stats({r.scene_info_path for r in refs}))
 
 
 @task(name="extract", cache_key_fn=_extract_key, persist_result=True, result_serializer="json",
@@ -164,33 +160,22 @@ def assemble(job: PrepareJob, numbers: list[int], rendered: list[dict] | None = 
     return {"stores": {k: str(v) for k, v in stores.items()}, "assembled": assembled, "paths": str(paths)}
 
 
-def _quality_key(ctx, p) -> str:
-    """The label's path files and the frames stores (the reference), and the output itself: a
-    `maniflow path-quality` of a subset, written to the same place since, is written again."""
-    workspace = Workspace(p["work"])
-    pairs = [(env, task_name) for env in p["envs"] for task_name in p["tasks"]]
-    files = [f for env, task_name in pairs
-             for f in workspace.paths(p["label"], env, task_name, CAMERA).glob("episode*.json")]
-    files += [workspace.frames(env, task_name, CAMERA) / ".zattrs" for env, task_name in pairs]  # its episodes
-    files.append(workspace.quality(p["label"]) / "quality.json")
-    return cache_key("quality", QUALITY_VERSION, p["work"], p["label"], p["envs"], p["tasks"], _stats(files))
-
-
-@task(name="path-quality", cache_key_fn=_quality_key, persist_result=True, result_serializer="json",
-      task_run_name="path quality [{label}]")
+@task(name="path-quality", persist_result=False, task_run_name="path quality [{label}]")
 def quality(work: str, label: str, envs: list[str], tasks: list[str]) -> dict:
-    """The label's paths against the ground truth (maniflow path-quality), published as a table
-    and a markdown artifact with the error distributions."""
+    """The label's paths against the ground truth (maniflow path-quality; a no-op when its inputs
+    are unchanged), published as a table and a markdown artifact with the error distributions."""
     report = path_quality(work, label, envs, tasks, CAMERA)
-    data = report.data()
+    data = report.data
     key = "".join(c if c.isalnum() else "-" for c in f"path-quality-{label}".lower())
-    create_table_artifact(table_rows(data), key=f"{key}-table",
-                          description=f"paths {label} vs the oracle: pixel errors, median and 90th percentile")
-    if report.tasks:
+    if report.written:
+        create_table_artifact(table_rows(data), key=f"{key}-table",
+                              description=f"paths {label} vs the oracle: pixel errors, median and 90th percentile")
+    if report.written and data["tasks"]:
         create_markdown_artifact(inline_figures(f"### Path quality [{label}]\n\n"
                                                 + "\n".join(markdown(data, "quality.png")), report.out), key=key,
                                  description=f"paths {label} against the ground truth")
-    return {"out": str(report.out), "measured": [f"{t.env}/{t.task}" for t in report.tasks]}
+    return {"out": str(report.out), "written": report.written, "measured": [f"{t['env']}/{t['task']}"
+                                                                            for t in data["tasks"]]}
 
 
 @task(name="export", persist_result=False, task_run_name="export {job}")

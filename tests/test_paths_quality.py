@@ -115,6 +115,15 @@ def test_path_quality_writes_distributions_per_episode_task_and_env(work_copy):
     md = (report.out / "quality.md").read_text()
     assert "| clean/click_bell |" in md and "![path error distributions](quality.png)" in md
     assert (report.out / "quality.png").stat().st_size > 10_000
+    # Unchanged paths and frames: nothing measured or written again; other paths: measured again.
+    stamps = {p: p.stat().st_mtime_ns for p in report.out.iterdir()}
+    again = path_quality(work_copy, "sparse")
+    assert not again.written and again.data == data
+    assert {p: p.stat().st_mtime_ns for p in report.out.iterdir()} == stamps
+    label_paths(work_copy, "clean", "click_bell", ProviderConfig(kind="oracle", label="sparse", every=5))
+    assert path_quality(work_copy, "sparse").written
+    # A measurement of other pairs is another measurement, not the stored one.
+    assert path_quality(work_copy, "sparse", envs=["clean"], tasks=["click_bell"]).written
 
 
 def test_the_command_prints_the_table_and_says_when_nothing_is_labelled(work_copy):

@@ -34,7 +34,7 @@ from maniflow.frames import FramesStore
 from maniflow.paths.label import ProviderConfig
 from maniflow.paths.providers.oracle import store_oracle_paths
 from maniflow.paths.store import EpisodePaths, PathStore
-from maniflow.storage import code_version, temp_sibling, write_json
+from maniflow.storage import code_version, file_stats, temp_sibling, write_json
 from maniflow.workspace import Workspace
 
 log = logging.getLogger("maniflow.paths")
@@ -65,7 +65,10 @@ def _padded(paths: list[list], width: int, height: int) -> tuple[np.ndarray, np.
 
 def resample(xy: np.ndarray, grip: np.ndarray, k: int = RESAMPLE) -> tuple[np.ndarray, np.ndarray]:
     """(F, n, 2) polylines -> (F, k, 2) points evenly spaced in arc length, and the gripper state
-    (F, k) of the segment each falls on (its start point's). A path of zero length stays put."""
+    (F, k) of the segment each falls on (its start point's). A path of zero length stays put.
+
+    Batched over frames in float64 with states; `overlay.resample` keeps the user's drawing
+    arithmetic (float32, int pixels, one path) and `oracle.resample_future` works on 3D suffixes."""
     seg = np.linalg.norm(np.diff(xy, axis=1), axis=-1)  # (F, n-1)
     s = np.concatenate([np.zeros((len(xy), 1)), np.cumsum(seg, axis=1)], axis=1)  # (F, n)
     total = s[:, -1:]
@@ -253,47 +256,58 @@ def task_quality(work, label: str, env: str, task: str, camera: str = "head") ->
 
 @dataclass
 class QualityReport:
-    label: str
     out: Path
-    tasks: list[TaskQuality]
-    skipped: dict[str, str]  # "env/task" -> why it was not measured
+    data: dict  # what quality.json holds
+    written: bool  # False: the label's paths and the frames are unchanged since it was written
 
-    def pooled(self, env: str) -> dict:
-        """Distributions over every measured frame of one env."""
-        chosen = [t for t in self.tasks if t.env == env]
-        return {m: distribution(np.concatenate([t.metrics[m] for t in chosen])) for m in METRICS}
 
-    def data(self) -> dict:
-        """What quality.json holds."""
-        return {"format": FORMAT, "version": FORMAT_VERSION, "label": self.label, "reference": "oracle",
-                "resample": RESAMPLE, "percentiles": list(PERCENTILES), "tasks": [t.summary() for t in self.tasks],
-                "envs": {env: self.pooled(env) for env in sorted({t.env for t in self.tasks})},
-                "skipped": self.skipped, "code_version": code_version()}
+def quality_data(label: str, tasks: list[TaskQuality], skipped: dict[str, str]) -> dict:
+    """quality.json: each (env, task)'s summary and each env's distributions over its frames."""
+    envs = sorted({t.env for t in tasks})
+    return {"format": FORMAT, "version": FORMAT_VERSION, "label": label, "reference": "oracle", "resample": RESAMPLE,
+            "percentiles": list(PERCENTILES), "tasks": [t.summary() for t in tasks],
+            "envs": {env: {m: distribution(np.concatenate([t.metrics[m] for t in tasks if t.env == env]))
+                           for m in METRICS} for env in envs},
+            "skipped": skipped, "code_version": code_version()}
+
+
+def inputs_signature(workspace: Workspace, label: str, pairs: list[tuple[str, str]], camera: str) -> list:
+    """What a measurement depends on: the (env, task) pairs, the label's episode files and the
+    frames stores' episode records (the reference)."""
+    files = [f for env, task in pairs for f in workspace.paths(label, env, task, camera).glob("episode*.json")]
+    files += [workspace.frames(env, task, camera) / ".zattrs" for env, task in pairs]
+    return json.loads(json.dumps([FORMAT_VERSION, pairs, file_stats(files)]))
 
 
 def path_quality(work, label: str, envs=None, tasks=None, camera: str = "head", out=None,
                  plot: bool = True) -> QualityReport:
     """Measure every labelled (env, task) of `label`; write quality.json, quality.md and
-    quality.png under `out` (default {work}/quality/{label}/)."""
+    quality.png under `out` (default {work}/quality/{label}/). Nothing is measured or written
+    when the label's paths and the frames are unchanged since the last measurement of the same
+    pairs."""
     workspace = Workspace.of(work)
     out = Path(out) if out else workspace.quality(label)
+    pairs = workspace.frames_stores(envs, tasks, camera)
+    signature = inputs_signature(workspace, label, pairs, camera)
+    previous = json.loads((out / "quality.json").read_text()) if (out / "quality.json").exists() else None
+    if previous is not None and previous.get("inputs") == signature and (out / "quality.md").exists():
+        return QualityReport(out, previous, written=False)
     measured, skipped = [], {}
-    for env, task in workspace.frames_stores(envs, tasks, camera):
+    for env, task in pairs:
         try:
             measured.append(task_quality(work, label, env, task, camera))
         except FileNotFoundError as e:
             skipped[f"{env}/{task}"] = str(e)
-    report = QualityReport(label, out, measured, skipped)
     out.mkdir(parents=True, exist_ok=True)
-    data = report.data()
+    data = {**quality_data(label, measured, skipped), "inputs": signature}
     figure = "quality.png" if plot and measured else None
     if figure:
-        plot_cdfs(report, out / figure)
-    write_json(out / "quality.json", data)
+        plot_cdfs(label, measured, out / figure)
     tmp = temp_sibling(out / "quality.md")
     tmp.write_text("\n".join(markdown(data, figure)) + "\n")
     tmp.replace(out / "quality.md")
-    return report
+    write_json(out / "quality.json", data)  # last: what says the outputs are complete
+    return QualityReport(out, data, written=True)
 
 
 def table_rows(data: dict) -> list[dict]:
@@ -334,7 +348,7 @@ def _px(x) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
-def plot_cdfs(report: QualityReport, path: Path) -> None:
+def plot_cdfs(label: str, tasks: list[TaskQuality], path: Path) -> None:
     """Cumulative distributions of start, end and Fréchet errors, one line per (env, task)."""
     import matplotlib
 
@@ -343,7 +357,7 @@ def plot_cdfs(report: QualityReport, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
     for ax, metric, title in zip(axes, METRICS[:3], ("start point", "end point", "Fréchet (shape)")):
-        for t in report.tasks:
+        for t in tasks:
             v = np.sort(t.metrics[metric])
             if len(v):
                 ax.plot(v, np.arange(1, len(v) + 1) / len(v), linestyle="-" if t.env == "cluttered" else "--",
@@ -353,7 +367,7 @@ def plot_cdfs(report: QualityReport, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("share of frames")
     axes[-1].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"paths {report.label} vs oracle")
+    fig.suptitle(f"paths {label} vs oracle")
     fig.tight_layout()
     tmp = temp_sibling(path)
     fig.savefig(tmp, dpi=110, format="png")
