@@ -222,7 +222,8 @@ def evaluate_cell(work, cell: Cell, cfg: EvalConfig = EvalConfig()) -> dict:
     vals = [h["val_loss"] for h in history if h["val_loss"] is not None]
     holdout = saved["config"]["train"].get("holdout_episodes", 0)  # the store's last, never trained on
     record = {
-        "cell": asdict(cell), "run": str(run), "checkpoint": checkpoint.name, "eval": asdict(cfg),
+        "cell": asdict(cell), "run": str(run), "checkpoint": checkpoint.name,
+        "eval": {**asdict(cfg), "paths": cfg.identity()["paths"]},  # a prompt file by its content
         "checkpoint_choice": {"rule": cfg.checkpoint, "epoch": int(saved["epoch"]) - 1,
                               "optimistic": cfg.checkpoint == "every",
                               # `best` without validation episodes: no top-k, the last epoch
@@ -241,11 +242,20 @@ def evaluate_cell(work, cell: Cell, cfg: EvalConfig = EvalConfig()) -> dict:
         "data": data_provenance(workspace.cell_dataset(cell)),
         # What made the training paths (the provider's identity; None for a condition without
         # paths): the report tells the ground truth from a VLM by it.
-        "train_paths": (_store_attrs(workspace.cell_dataset(cell)).get("paths") or {}).get("provider"),
+        "train_paths": train_paths(_store_attrs(workspace.cell_dataset(cell))),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, record)
     return json.loads(out.read_text())  # the same values a cached call returns
+
+
+def train_paths(attrs: dict) -> dict | None:
+    """The provider identity of a dataset's paths and how many of its frames were not asked
+    (every-Nth labelling); None for a dataset without paths."""
+    paths = attrs.get("paths")
+    if not paths:
+        return None
+    return {**(paths.get("provider") or {}), "frames_skipped": (paths.get("stats") or {}).get("skipped", 0)}
 
 
 def _store_attrs(store: Path) -> dict:

@@ -71,10 +71,15 @@ def _labels(cells: dict) -> list[str]:
 
 
 def ground_truth_labels(records: list[dict]) -> set[str]:
-    """Labels whose training paths came from the oracle (by the provider recorded with each
-    cell; records from before that was recorded go by the label's name)."""
-    return {_cell(r).label for r in records
-            if ((r["train_paths"] or {}).get("kind") == ORACLE if "train_paths" in r else _cell(r).label == ORACLE)}
+    """Labels whose training paths came from the oracle on every frame (by the provider recorded
+    with each cell; records from before that was recorded go by the label's name)."""
+    def truth(r: dict) -> bool:
+        if "train_paths" not in r:
+            return _cell(r).label == ORACLE
+        paths = r["train_paths"] or {}
+        return paths.get("kind") == ORACLE and not paths.get("frames_skipped")  # every frame's own path
+
+    return {_cell(r).label for r in records if truth(r)}
 
 
 def arm_name(arm: Arm, labels: list[str], titles: bool = False) -> str:
@@ -175,25 +180,23 @@ def answers(records: list[dict]) -> list[tuple[str, str, list[str]]]:
 
 
 def lost_line(line: str | None, cells: dict, env: str, arm: Arm, truth: str) -> str | None:
-    """The comparison, with the share of the condition's gain over original RGB lost to the
-    label's paths (point estimates: the interval above is the difference's)."""
-    means = {label: [float(np.mean(cells[k][s])) for k in [(env, (arm[0], label), t) for t in _tasks(cells)]
-                     if k in cells for s in cells[k]] for label in (arm[1], truth)}
-    base = [float(np.mean(cells[k][s])) for k in [(env, ("original", None), t) for t in _tasks(cells)]
-            if k in cells for s in cells[k]]
-    if line is None or not base or not all(means.values()):
+    """The comparison, with the share of the condition's gain over original RGB that the label's
+    paths lose: on the tasks and seeds all three arms share, as the paired line is; stated only
+    when the ground truth's own gain has an interval above zero."""
+    tasks = [t for t in sorted({k[2] for k in cells})
+             if all((env, a, t) in cells for a in (arm, (arm[0], truth), ("original", None)))]
+    x = _stack(cells, [(env, a, t) for a in (arm, (arm[0], truth), ("original", None)) for t in tasks])
+    if line is None or x is None:
         return line
-    gain = {label: 100 * (np.mean(v) - np.mean(base)) for label, v in means.items()}
-    if gain[truth] <= 0:
-        return line[:-1] + f"; with {truth} paths the condition gains nothing over original RGB here " \
-            f"({gain[truth]:+.1f} points), so no share of its effect can be lost."
-    return line[:-1] + (f"; its gain over original RGB is {gain[truth]:+.1f} points on {truth} paths and "
-                        f"{gain[arm[1]]:+.1f} on {arm[1]} paths: {100 * (1 - gain[arm[1]] / gain[truth]):.0f}% of "
-                        "the effect lost.")
-
-
-def _tasks(cells: dict) -> list[str]:
-    return sorted({k[2] for k in cells})
+    vlm, gt, original = x[:len(tasks)], x[len(tasks):2 * len(tasks)], x[2 * len(tasks):]
+    gain = paired_difference(gt, original)
+    if gain.low <= 0:
+        return line[:-1] + (f"; the condition's gain over original RGB on {truth} paths ({100 * gain.mean:+.1f} "
+                            "points) is not distinguishable from zero here, so no share of it can be stated.")
+    lost = 1 - (vlm.mean() - original.mean()) / (gt.mean() - original.mean())
+    return line[:-1] + (f"; its gain over original RGB is {100 * gain.mean:+.1f} points on {truth} paths and "
+                        f"{100 * (vlm.mean() - original.mean()):+.1f} on {arm[1]} paths: {100 * lost:.0f}% of the "
+                        "effect lost (point estimate).")
 
 
 def _cell_estimate(cells, key) -> Estimate | None:

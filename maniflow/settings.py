@@ -257,8 +257,8 @@ class EvalConfig:
         out = asdict(self)
         if self.paths.computed:
             out["client"] = None
-        if self.paths.prompt_file:
-            out["paths"]["prompt_sha"] = self.paths.identity()["prompt_sha"]
+        if self.paths.prompt_file:  # by its content, not where the file lies
+            out["paths"]["prompt_file"] = self.paths.identity()["prompt_sha"]
         return out
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from maniflow.paths.label import ProviderConfig
-from maniflow.report import answers, build_report, readme_blocks
+from maniflow.report import answers, build_report, ground_truth_labels, readme_blocks
 from maniflow.settings import EVAL_SEED, EvalConfig, PathSource
 from maniflow.simulators import synthetic
 from maniflow.simulators.synthetic import published, solve_layouts
@@ -143,11 +143,25 @@ def test_the_path_label_is_an_axis_and_the_report_says_what_vlm_error_costs(tmp_
     line = next(x for x in vlm.splitlines() if x.startswith("- overlay_current on hamster paths (cluttered)"))
     assert "trails on truth paths (the ground truth) by 30.0 points" in line and "(the interval excludes zero)" in line
     assert line.endswith("its gain over original RGB is +60.0 points on truth paths and +30.0 on hamster paths: "
-                         "50% of the effect lost.")
+                         "50% of the effect lost (point estimate).")
     assert "- overlay (trained on cluttered, truth paths) beats original RGB by 60.0 points" in md
     assert "- overlay (trained on cluttered, hamster paths) beats original RGB by 30.0 points" in md
     assert "| trained on | original | current overlay [hamster] | current overlay [truth] |" in md
     assert "from `oracle` for cells trained on `hamster` paths, `truth` for cells trained on `truth` paths" in md
+    # An oracle asked every Nth frame is no ground truth; records from before providers were
+    # recorded go by the label's name.
+    assert ground_truth_labels(records) == {"truth"}
+    sparse = [{**r, "train_paths": {"kind": "oracle", "frames_skipped": 40}} if r["cell"]["label"] == "truth" else r
+              for r in records]
+    assert ground_truth_labels(sparse) == set()
+    assert ground_truth_labels([{k: v for k, v in r.items() if k != "train_paths"} for r in records]) == set()
+    # No gain to lose on the ground truth's paths: no share is stated.
+    flat = [r for r in records if r["cell"]["label"] != "truth"]
+    for r in _matrix([0, 1, 2], {"overlay_current": [0.2] * 3}):
+        r["cell"]["label"], r["eval"], r["train_paths"] = "truth", truth, {"kind": "oracle"}
+        flat.append(r)
+    md = build_report(flat, {}, tmp_path / "flat").read_text()
+    assert "(+0.0 points) is not distinguishable from zero here, so no share of it can be stated." in md
     # One label, one closed-loop path source: cells of one label evaluated otherwise are refused.
     records[-1]["eval"] = records[0]["eval"]
     with pytest.raises(ValueError, match="different paths"):

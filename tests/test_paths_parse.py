@@ -148,6 +148,12 @@ def test_qwen_answers_that_break_are_repaired_and_named(text, points, repair):
     assert p.status == "repaired" and p.points == points and repair in p.repairs
 
 
+def test_one_point_as_a_bare_object_and_the_point_key_are_the_format_too():
+    assert parse_points_json('{"point_2d": [100, 200], "label": "a"}', (1000.0, 1000.0)).status == "ok"
+    wrapped = parse_points_json('{"points": [{"point": [100, 200]}, {"point": [300, 400]}]}', (1000.0, 1000.0))
+    assert wrapped.points == [(0.1, 0.2, None), (0.3, 0.4, None)]
+
+
 def test_a_label_json_cannot_read_is_kept_as_written():
     # A raw line break inside a label is invalid JSON: the answer is still read, label and all.
     p = parse_points_json('[{"label": "the\nbell", "point_2d": [100, 200]}, {"point_2d": [300, 4', (1000.0, 1000.0))

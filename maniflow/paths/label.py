@@ -266,10 +266,10 @@ def label_paths(work, env: str, task: str, provider: ProviderConfig, client: Cli
             ep.missing.discard(t)
             done += 1
             if not ep.missing:
-                for future in written:  # a file that could not be written stops the run now
+                written.append(writer.submit(finish, ep))
+                for future in written[:-1]:  # a file that could not be written stops the run now
                     if future.done() and future.exception():
                         raise future.exception()
-                written.append(writer.submit(finish, ep))
             if progress:
                 progress(done, goal)
 

@@ -43,7 +43,7 @@ _TRAJECTORY = re.compile(r"TRAJECTORY\s*:?\s*<ans>", re.IGNORECASE)
 _FILLER = re.compile(r"[\s,\[\]]+")
 _MASK = re.compile(r"MASK\s*:?\s*<ans>(.*?)(?:</ans>|$)", re.IGNORECASE | re.DOTALL)
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.IGNORECASE | re.DOTALL)
-_POINT_2D = re.compile(rf'"point_2d"\s*:\s*\[\s*({_NUM})\s*,\s*({_NUM})\s*\]')
+_POINT_2D = re.compile(rf'"point(?:_2d)?"\s*:\s*\[\s*({_NUM})\s*,\s*({_NUM})\s*\]')
 _LABEL = re.compile(r'"label"\s*:\s*"((?:[^"\\]|\\.)*)"', re.DOTALL)
 _OBJECT = re.compile(r"\{[^{}]*\}")  # innermost objects: a point list's entries, wrapped or not
 
@@ -107,6 +107,8 @@ def parse_points_json(text: str, scale: tuple[float, float] = (1.0, 1.0)) -> Par
         data = _json(body[body.index("["):body.rindex("]") + 1])
         if data is not None:
             _note(repairs, "text around the JSON ignored")
+    if isinstance(data, dict) and _is_xy(data.get("point_2d", data.get("point"))):
+        data = [data]  # one point, as a bare object
     found = _listed_points(data, repairs) if isinstance(data, list) else []
     if not found:
         found = [p for p in map(_object_point, _OBJECT.findall(body)) if p is not None]
@@ -142,9 +144,10 @@ def _listed_points(items: list, repairs: list[str]) -> list[tuple[tuple[float, f
 def _object_point(obj: str) -> tuple[tuple[float, float], str | None] | None:
     """((x, y), label) of one `{...}` object's text, valid JSON or not; None without point_2d."""
     data = _json(obj)
-    if isinstance(data, dict) and _is_xy(data.get("point_2d")):
+    xy = data.get("point_2d", data.get("point")) if isinstance(data, dict) else None
+    if _is_xy(xy):
         label = data.get("label")
-        return (float(data["point_2d"][0]), float(data["point_2d"][1])), label if isinstance(label, str) else None
+        return (float(xy[0]), float(xy[1])), label if isinstance(label, str) else None
     point, label = _POINT_2D.search(obj), _LABEL.search(obj)
     if point is None:
         return None

@@ -271,12 +271,13 @@ def quality_data(label: str, tasks: list[TaskQuality], skipped: dict[str, str]) 
             "skipped": skipped, "code_version": code_version()}
 
 
-def inputs_signature(workspace: Workspace, label: str, pairs: list[tuple[str, str]], camera: str) -> list:
-    """What a measurement depends on: the (env, task) pairs, the label's episode files and the
-    frames stores' episode records (the reference)."""
+def inputs_signature(workspace: Workspace, label: str, pairs: list[tuple[str, str]], camera: str,
+                     plot: bool) -> list:
+    """What a measurement depends on: the code, the (env, task) pairs, the label's episode files
+    and the frames stores' episode records (the reference), and whether it is plotted."""
     files = [f for env, task in pairs for f in workspace.paths(label, env, task, camera).glob("episode*.json")]
     files += [workspace.frames(env, task, camera) / ".zattrs" for env, task in pairs]
-    return json.loads(json.dumps([FORMAT_VERSION, pairs, file_stats(files)]))
+    return json.loads(json.dumps([FORMAT_VERSION, code_version(), pairs, file_stats(files), plot]))
 
 
 def path_quality(work, label: str, envs=None, tasks=None, camera: str = "head", out=None,
@@ -288,7 +289,7 @@ def path_quality(work, label: str, envs=None, tasks=None, camera: str = "head", 
     workspace = Workspace.of(work)
     out = Path(out) if out else workspace.quality(label)
     pairs = workspace.frames_stores(envs, tasks, camera)
-    signature = inputs_signature(workspace, label, pairs, camera)
+    signature = inputs_signature(workspace, label, pairs, camera, plot)
     previous = json.loads((out / "quality.json").read_text()) if (out / "quality.json").exists() else None
     if previous is not None and previous.get("inputs") == signature and (out / "quality.md").exists():
         return QualityReport(out, previous, written=False)
@@ -303,6 +304,8 @@ def path_quality(work, label: str, envs=None, tasks=None, camera: str = "head", 
     figure = "quality.png" if plot and measured else None
     if figure:
         plot_cdfs(label, measured, out / figure)
+    else:  # an older figure would be shown next to the new table
+        (out / "quality.png").unlink(missing_ok=True)
     tmp = temp_sibling(out / "quality.md")
     tmp.write_text("\n".join(markdown(data, figure)) + "\n")
     tmp.replace(out / "quality.md")
@@ -314,7 +317,7 @@ def table_rows(data: dict) -> list[dict]:
     """One row per (env, task) and per env of a quality.json: frames measured, share parsed,
     median and 90th percentile of each pixel error, mean gripper agreement."""
     def row(name: str, metrics: dict, outcomes: Counter) -> dict:
-        asked = sum(outcomes.values()) - outcomes.get("skipped", 0)
+        asked = sum(outcomes.values()) - outcomes.get("skipped", 0) - outcomes.get("stale", 0)
         return {"data": name, "frames measured": metrics["start_px"]["n"],
                 "parsed %": round(100 * (outcomes.get("ok", 0) + outcomes.get("repaired", 0)) / max(asked, 1), 1),
                 **{f"{m} {q}": metrics[m][q] for m in METRICS[:3] for q in ("p50", "p90")},
