@@ -212,10 +212,7 @@ def label_paths(work, env: str, task: str, provider: ProviderConfig, client: Cli
     store = PathStore(workspace.paths(provider.name, env, task, camera))
     store.bind(provider.identity(), provider.params(), reset=provider.computed)
 
-    def asked_set(ep: _Episode) -> set[int]:
-        return set(np.flatnonzero(asked_frames(ep.frames, provider.every)).tolist())
-
-    todo = []
+    todo, reused = [], 0
     for i, (number, record) in enumerate(zip(frames.episode_index, frames.episodes)):
         if episodes is not None and int(number) not in episodes:
             continue
@@ -223,12 +220,14 @@ def label_paths(work, env: str, task: str, provider: ProviderConfig, client: Cli
         fingerprint = provider.source_fingerprint(record)
         ep = _Episode(i, int(number), n, fingerprint, _instruction(record, task),
                       store.load_answers(int(number), fingerprint))
-        ep.missing = asked_set(ep) - set(ep.answers)
+        asked = set(np.flatnonzero(asked_frames(n, provider.every)).tolist())
+        ep.missing = asked - ep.answers.keys()
+        reused += len(asked & ep.answers.keys())  # answers of frames not asked now do not count
         todo.append(ep)
     episodes_done = list(todo)
     report = LabelReport(env, task, provider.name, store.dir, episodes=len(todo),
                          frames=sum(e.frames for e in todo), coords=provider.coords, every=provider.every)
-    report.reused = sum(len(e.answers.keys() & asked_set(e)) for e in todo)  # answers of frames asked now
+    report.reused = reused
     done = report.reused
     goal = done + sum(len(ep.missing) for ep in todo)  # with every-Nth asking, fewer than the frames
 

@@ -23,7 +23,6 @@ episode, per (env, task) and per env, never only means.
 from __future__ import annotations
 
 import json
-import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +35,6 @@ from maniflow.paths.providers.oracle import store_oracle_paths
 from maniflow.paths.store import EpisodePaths, PathStore
 from maniflow.storage import code_version, file_stats, temp_sibling, write_json
 from maniflow.workspace import Workspace
-
-log = logging.getLogger("maniflow.paths")
 
 RESAMPLE = 32  # points per path for the shape distance
 REFERENCE_POINTS = 10  # oracle points per path before resampling (the oracle provider's default)
